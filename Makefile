@@ -1,0 +1,38 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test unit notebooks demo lab bench golden clean
+
+# Reinstall only when the requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+unit: setup
+	$(PY) -m pytest -q tests
+
+notebooks: setup
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+	  $(PY) -m pytest -q --nbval-lax -p no:cacheprovider notebooks; \
+	else echo "no notebooks yet"; fi
+
+test: unit notebooks
+
+demo: setup
+	$(PY) -m xlnet_ref.demo
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: setup
+	$(PY) benchmarks/train_step_vs_hf.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
