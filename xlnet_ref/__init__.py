@@ -1,0 +1,24 @@
+"""xlnet_ref — a readable reference implementation of XLNet (Yang et al., 2019).
+
+One file per mechanism:
+    config.py            the configuration dataclass (transformers' field names)
+    relative_position.py sinusoid table R, relative distances, rel_shift (Transformer-XL Sec. 3.3)
+    attention.py         the four relative attention terms + segment term, masking, softmax, post-LN
+    segments.py          relative segment encoding (XLNet Sec. 2.5)
+    masks.py             causal / data / permutation masks for both streams
+    two_stream.py        content stream h and query stream g (XLNet Sec. 2.3)
+    memory.py            segment-level recurrence memory (Transformer-XL Sec. 3.2)
+    feed_forward.py      position-wise feed-forward, GELU variants
+    model.py             the backbone and the LM head
+    interop.py           weights to and from transformers' XLNet
+
+Axis letters used in shapes and einsum strings, one meaning each:
+    b batch, i query position, j key position (over [memory | current]), k prediction target,
+    r row of the relative-position table, p half of the table (bi_data), n head, d head width,
+    m model width (d_model), s same/different segment.
+"""
+
+from .config import XLNetConfig
+from .model import XLNetLMHeadModel, XLNetModel, XLNetOutput
+
+__all__ = ["XLNetConfig", "XLNetModel", "XLNetLMHeadModel", "XLNetOutput"]

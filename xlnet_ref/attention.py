@@ -1,0 +1,190 @@
+r"""Relative multi-head attention: Transformer-XL's four terms plus XLNet's segment term.
+
+For query i and key j (keys over [memory | current segment]):
+
+.. math::
+    \text{score}_{ij} = \frac{1}{\sqrt{d}} \Big[
+        \underbrace{(q_i + u)^\top k_j}_{(a)+(c)\ \texttt{ac}}
+      + \underbrace{(q_i + v)^\top W_{k,R} R_{i-j}}_{(b)+(d)\ \texttt{bd}}
+      + \underbrace{(q_i + b)^\top s_{ij}}_{\text{segment}\ \texttt{ef}} \Big]
+
+(Transformer-XL Sec. 3.3; XLNet Sec. 2.5.) :math:`q_i = W_q x_i` comes from the stream's own input
+(h for the content stream, g for the query stream); :math:`k_j = W_{k,E}\,[\text{mem};h]_j` and
+:math:`v_j` from memory and the content stream; :math:`u, v, b` are ``r_w_bias``, ``r_r_bias``,
+``r_s_bias``. There are no projection biases. Masked keys get 1e30 subtracted (65500 in float16), so
+that a fully masked row stays finite (uniform) instead of NaN. Then softmax over j, dropout,
+:math:`\sum_j p_{ij} v_j`, the output projection :math:`W_o`, dropout, residual and post-LayerNorm.
+
+Axis letters: b batch, i query, j key, r distance (rows of the positional table), p table half
+(bi_data), n head, d head width, m model width.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from .relative_position import rel_shift
+from .segments import segment_term
+
+
+def mask_value(dtype: torch.dtype) -> float:
+    """The number subtracted from masked scores: 1e30, or 65500 where float16 cannot hold 1e30."""
+    return 65500.0 if dtype == torch.float16 else 1e30
+
+
+def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
+    """(b)+(d) before the shift: (q_i + v) . W_{k,R} R_c for every table row c.
+
+    q_v: [b, i, n, d] (already plus r_r_bias), k_r: [p, r, n, d] with p = 1, or 2 for bi_data
+    (rows [0, b/2) of the batch use half 0, rows [b/2, b) half 1)  ->  [b, n, i, r]
+
+    transformers projects the table once per batch row ([r, b, m] @ W_r); the table is the same for
+    every row of a half, so we project it once per half and let one batched matmul share it.
+    attention_naive projects and multiplies per batch row instead; tests check they agree.
+    """
+    p = k_r.shape[0]
+    b, i, n, d = q_v.shape
+    bd = torch.einsum("pcind,prnd->pcnir", q_v.reshape(p, b // p, i, n, d), k_r)
+    return bd.reshape(b, n, i, -1)
+
+
+class RelativeAttention(nn.Module):
+    """One layer's attention weights, shaped as transformers shapes them: W [m, n, d], no biases.
+
+    u, v and the segment bias are passed in by the model, because the original code shares one set
+    across layers when untie_r is False (see model.py).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        m, n, d = config.d_model, config.n_head, config.d_head
+        self.n_head, self.d_head = n, d
+        self.scale = 1 / (d**0.5)
+        self.q = nn.Parameter(torch.empty(m, n, d))  # W_q
+        self.k = nn.Parameter(torch.empty(m, n, d))  # W_{k,E}
+        self.v = nn.Parameter(torch.empty(m, n, d))  # W_v
+        self.o = nn.Parameter(torch.empty(m, n, d))  # W_o (used transposed: [n, d] -> m)
+        self.r = nn.Parameter(torch.empty(m, n, d))  # W_{k,R}
+        self.seg_embed = nn.Parameter(torch.empty(2, n, d))  # s_+ (same segment), s_- (different)
+        self.layer_norm = nn.LayerNorm(m, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [..., m] @ W [m, n, d] -> [..., n, d]: one head split per projection."""
+        return torch.einsum("...m,mnd->...nd", x, weight)
+
+    def scores(
+        self,
+        q: torch.Tensor,
+        k_h: torch.Tensor,
+        k_r: torch.Tensor,
+        *,
+        r_w_bias: torch.Tensor,
+        r_r_bias: torch.Tensor,
+        r_s_bias: torch.Tensor | None,
+        seg_diff: torch.Tensor | None,
+        query_pos: torch.Tensor | None,
+        qlen: int,
+    ) -> dict[str, torch.Tensor]:
+        """The three score terms, unscaled: ac, bd (after the shift) and ef, each [b, n, i, j].
+
+        query_pos None: the queries are the qlen positions in order (content stream) and bd is moved
+        into place with rel_shift. Otherwise query_pos [b, i] gives each query's position (query stream
+        at its prediction targets) and bd is gathered at column j + qlen - pos directly, which is what
+        rel_shift computes row by row. Keys the causal mask hides may fall past the table's end
+        in 'uni'; they are clamped (their score is masked anyway).
+        """
+        klen = k_h.shape[1]
+        ac = torch.einsum("bind,bjnd->bnij", q + r_w_bias, k_h)  # (a) + (c)
+        bd = position_term(q + r_r_bias, k_r)  # (b) + (d), indexed by distance: [b, n, i, r]
+        if query_pos is None:
+            bd = rel_shift(bd, klen)
+        else:
+            j = torch.arange(klen, device=q.device)
+            col = (j[None, None, :] + qlen - query_pos[:, :, None]).clamp(max=bd.shape[-1] - 1)  # [b, i, j]
+            bd = bd.gather(3, col[:, None].expand(-1, bd.shape[1], -1, -1))
+        terms = {"ac": ac, "bd": bd}
+        if seg_diff is not None:
+            terms["ef"] = segment_term(q, r_s_bias, self.seg_embed, seg_diff)  # segment term
+        return terms
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k_h: torch.Tensor,
+        v_h: torch.Tensor,
+        k_r: torch.Tensor,
+        *,
+        mask: torch.Tensor | None,
+        trace: dict | None = None,
+        **score_kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax((ac + bd + ef) / sqrt(d) - 1e30 * mask) @ V  ->  (attn_vec [b, i, n, d], prob [b, n, i, j])."""
+        terms = self.scores(q, k_h, k_r, **score_kwargs)
+        score = sum(terms.values()) * self.scale  # [b, n, i, j]
+        if mask is not None:
+            score = score - mask_value(score.dtype) * mask[:, None].to(score.dtype)
+        prob = torch.softmax(score, dim=-1)
+        if trace is not None:
+            trace.update(terms, score=score, prob=prob)
+        prob = self.dropout(prob)
+        attn_vec = torch.einsum("bnij,bjnd->bind", prob, v_h)
+        return attn_vec, prob
+
+    def post_attention(self, x: torch.Tensor, attn_vec: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(x + dropout(attn_vec W_o)): residual from the stream's own input, post-LN."""
+        attn_out = torch.einsum("bind,mnd->bim", attn_vec, self.o)
+        return self.layer_norm(x + self.dropout(attn_out))
+
+
+def attention_naive(
+    attn: RelativeAttention,
+    x: torch.Tensor,
+    cat: torch.Tensor,
+    pos_emb: torch.Tensor,
+    *,
+    r_w_bias,
+    r_r_bias,
+    r_s_bias,
+    seg_diff,
+    mask,
+    query_pos,
+    qlen: int,
+) -> torch.Tensor:
+    """The slow twin of one attention block, one (batch row, head, query, key) at a time.
+
+    x: [b, i, m] the stream's input at positions query_pos[b, i] (content stream: 0..qlen-1),
+    cat: [b, j, m] = [mem; h], pos_emb: [p, r, m] table (row c holds distance klen - c).
+    The distance from query position pos to key j is mlen + pos - j; its row in the table is
+    c = klen - (mlen + pos - j) = j + qlen - pos. Returns LayerNorm(x + attn_out) [b, i, m].
+    Dropout is not applied (use it with dropout 0 or in eval mode).
+    """
+    b, i_len, _ = x.shape
+    klen = cat.shape[1]
+    p = pos_emb.shape[0]
+    out_vec = x.new_zeros(b, i_len, attn.n_head, attn.d_head)
+    for bb in range(b):
+        table = pos_emb[bb // (b // p)]  # forward or backward half
+        for n in range(attn.n_head):
+            for i in range(i_len):
+                pos = int(query_pos[bb, i])
+                q = x[bb, i] @ attn.q[:, n]  # [d]
+                scores = []
+                for j in range(klen):
+                    k = cat[bb, j] @ attn.k[:, n]
+                    c = min(j + qlen - pos, table.shape[0] - 1)
+                    k_r = table[c] @ attn.r[:, n]
+                    s = (q + r_w_bias[n]) @ k + (q + r_r_bias[n]) @ k_r
+                    if seg_diff is not None:
+                        s = s + (q + r_s_bias[n]) @ attn.seg_embed[int(seg_diff[bb, i, j]), n]
+                    s = s * attn.scale
+                    if mask is not None and bool(mask[bb if mask.shape[0] > 1 else 0, i, j]):
+                        s = s - mask_value(s.dtype)
+                    scores.append(s)
+                prob = torch.softmax(torch.stack(scores), dim=0)
+                v = cat[bb] @ attn.v[:, n]  # [j, d]
+                out_vec[bb, i, n] = prob @ v
+    attn_out = torch.einsum("bind,mnd->bim", out_vec, attn.o)
+    return attn.layer_norm(x + attn_out)
