@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit notebooks demo lab bench golden clean
+.PHONY: setup test unit notebooks demo lab bench golden validate clean
 
 # Reinstall only when the requirements or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -33,6 +33,12 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/train_step_vs_hf.py
+
+golden: setup
+	$(PY) -m xlnet_ref.golden write
+
+validate: setup
+	$(PY) -m xlnet_ref.validate --against hf
 
 clean:
 	rm -rf $(VENV) .pytest_cache

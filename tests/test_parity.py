@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import SMALL, random_inputs, random_lm, rel_err
-from xlnet_ref.interop import backbone_tensors_in_hf_names, from_hf, mems_from_hf, mems_to_hf, to_hf
+from xlnet_ref.interop import from_hf, mems_from_hf, mems_to_hf, to_hf
 
 # (id, config overrides, input options, batch)
 CASES = [

@@ -87,6 +87,7 @@ class RelativeAttention(nn.Module):
         seg_diff: torch.Tensor | None,
         query_pos: torch.Tensor | None,
         qlen: int,
+        trace: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """The three score terms, unscaled: ac, bd (after the shift) and ef, each [b, n, i, j].
 
@@ -99,6 +100,8 @@ class RelativeAttention(nn.Module):
         klen = k_h.shape[1]
         ac = torch.einsum("bind,bjnd->bnij", q + r_w_bias, k_h)  # (a) + (c)
         bd = position_term(q + r_r_bias, k_r)  # (b) + (d), indexed by distance: [b, n, i, r]
+        if trace is not None:
+            trace["bd_raw"] = bd  # before the shift (validate.py compares it stage by stage)
         if query_pos is None:
             bd = rel_shift(bd, klen)
         else:
@@ -122,7 +125,7 @@ class RelativeAttention(nn.Module):
         **score_kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax((ac + bd + ef) / sqrt(d) - 1e30 * mask) @ V  ->  (attn_vec [b, i, n, d], prob [b, n, i, j])."""
-        terms = self.scores(q, k_h, k_r, **score_kwargs)
+        terms = self.scores(q, k_h, k_r, trace=trace, **score_kwargs)
         score = sum(terms.values()) * self.scale  # [b, n, i, j]
         if mask is not None:
             score = score - mask_value(score.dtype) * mask[:, None].to(score.dtype)

@@ -78,6 +78,21 @@ def _load_backbone_from_hf(ours: XLNetModel, hf_tensors: dict[str, torch.Tensor]
             _copy(p, hf_tensors[name], name)
 
 
+def load_hf_state_dict(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors named as transformers names them (``XLNetLMHeadModel``: ``transformer.…`` and
+    ``lm_loss.bias``; ``XLNetModel``: no prefix) into our model of the matching kind, no transformers needed."""
+    if isinstance(model, XLNetLMHeadModel):
+        backbone = {k[len("transformer."):]: v for k, v in tensors.items() if k.startswith("transformer.")}
+        _load_backbone_from_hf(model.transformer, backbone)
+        if "lm_loss.bias" not in tensors:
+            raise ValueError("tensors: expected 'lm_loss.bias' for an XLNetLMHeadModel, found none")
+        _copy(model.lm_loss.bias, tensors["lm_loss.bias"], "lm_loss.bias")
+    elif isinstance(model, XLNetModel):
+        _load_backbone_from_hf(model, tensors)
+    else:
+        raise ValueError(f"model: expected xlnet_ref's XLNetModel or XLNetLMHeadModel, got {type(model).__name__}")
+
+
 def from_hf(hf_model, *, untie_r: bool = True):
     """transformers' XLNetModel -> our XLNetModel; XLNetLMHeadModel -> our XLNetLMHeadModel. Same dtype."""
     from transformers import XLNetLMHeadModel as HFLM

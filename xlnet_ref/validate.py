@@ -122,12 +122,9 @@ def stage_description(name: str) -> str:
 
 def load_hf_named_weights(model, weights: dict[str, torch.Tensor]) -> None:
     """Copy tensors named as transformers' XLNetLMHeadModel names them into the reference LM model."""
-    from .interop import _load_backbone_from_hf
+    from .interop import load_hf_state_dict
 
-    backbone = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
-    _load_backbone_from_hf(model.transformer, backbone)
-    with torch.no_grad():
-        model.lm_loss.bias.copy_(weights["lm_loss.bias"])
+    load_hf_state_dict(model, weights)
 
 
 def build_reference(case: Case):
@@ -158,11 +155,9 @@ FORWARD_ARGS = ("token_type_ids", "attention_mask", "perm_mask", "target_mapping
 def reference_stages(model, inputs: dict) -> dict[str, torch.Tensor]:
     """Every stage of the reference forward pass, in forward order and the documented layouts.
 
-    Uses the model's ``trace``. The position score before rel_shift (``bd_raw``) is taken from the trace
-    when the model records it, else recomputed from the traced queries and positional keys with
-    attention.position_term (the function the model itself uses).
+    Uses the model's ``trace`` (which also records the position score before rel_shift, ``bd_raw``).
     """
-    from . import attention, permutation
+    from . import permutation
 
     trace: dict = {}
     out = model(inputs["input_ids"], **{k: inputs[k] for k in FORWARD_ARGS if k in inputs}, trace=trace)
@@ -183,7 +178,6 @@ def reference_stages(model, inputs: dict) -> dict[str, torch.Tensor]:
         if "new_mem" in t:
             s["new_mem"] = t["new_mem"]
         k_r = t["k_r"]  # [p, r, n, d]
-        r_r_bias = backbone.layer_biases(layer)["r_r_bias"]
         s.update(q_h=t["q_h"], k_h=t["k_h"], v_h=t["v_h"], k_r=_per_row(k_r, b))
         for stream, q in (("content", t["q_h"]), ("query", t.get("q_g"))):
             if q is None:
@@ -191,9 +185,7 @@ def reference_stages(model, inputs: dict) -> dict[str, torch.Tensor]:
             if stream == "query":
                 s["q_g"] = q
             s[f"{stream}.ac"] = t[f"{stream}.ac"]
-            # before rel_shift: traced if the model provides it, else recomputed from the traced q and k_r
-            raw = t.get(f"{stream}.bd_raw")
-            s[f"{stream}.bd_raw"] = raw if raw is not None else attention.position_term(q + r_r_bias, k_r)
+            s[f"{stream}.bd_raw"] = t[f"{stream}.bd_raw"]  # before rel_shift
             for term in ("bd", "ef", "score", "prob"):
                 if f"{stream}.{term}" in t:
                     s[f"{stream}.{term}"] = t[f"{stream}.{term}"]
