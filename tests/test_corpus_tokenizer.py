@@ -62,14 +62,19 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
     assert str(folder) in str(err.value) and ".txt" in str(err.value)
 
 
-def test_split_corpus_keeps_every_character_and_holds_out_the_tail():
-    text = "".join(f"line {i}\n" for i in range(1000))
-    train, held_out = split_corpus(text, eval_fraction=0.1)
-    assert train + held_out == text
-    assert 0.05 < len(held_out) / len(text) < 0.15
-    assert train.endswith("\n") and held_out.startswith("line ")
+def test_split_corpus_holds_out_whole_lines_from_all_over_the_text():
+    lines = [f"line {i}\n" for i in range(2000)]
+    text = "".join(lines)
+    train, held_out = split_corpus(text, eval_fraction=0.1, block_chars=500)
+    assert sorted(train.splitlines() + held_out.splitlines(), key=lambda s: int(s.split()[1])) == text.splitlines()
+    assert not set(train.splitlines()) & set(held_out.splitlines())  # whole lines, never in both
+    assert 0.07 < len(held_out) / len(text) < 0.13
+    numbers = [int(line.split()[1]) for line in held_out.splitlines()]
+    assert numbers[0] < 600 and numbers[-1] > 1500  # blocks 9, 19, 29 of ~50 lines each: not only the tail
     with pytest.raises(ValueError, match="eval_fraction"):
         split_corpus(text, eval_fraction=1.5)
+    with pytest.raises(ValueError, match="too short"):
+        split_corpus("ab", eval_fraction=0.1)  # 2 blocks, the 10th would be held out
 
 
 # ------------------------------------------------------------------------------------ byte tokenizer
