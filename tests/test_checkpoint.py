@@ -27,14 +27,6 @@ from xlnet_ref.interop import mems_from_hf, mems_to_hf
 CFG = dict(vocab_size=50, d_model=16, n_layer=2, n_head=2, d_inner=24, mem_len=6, reuse_len=3, dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_lm(seed: int = 0, **overrides) -> XLNetLMHeadModel:
     torch.manual_seed(seed)

@@ -17,14 +17,6 @@ from xlnet_ref.validate import first_departure, reference_adapter, validate, val
 SAME_ENVIRONMENT = read_manifest(DEFAULT_DIR)["generated_on"] == environment()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The cases are tiny: one thread avoids OpenMP spin-waits on a busy 2-core machine (~10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def committed():

@@ -5,7 +5,6 @@ mutants leave it untouched."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from xlnet_ref import attention, feed_forward, masks, memory, permutation, relative_position, segments
 from xlnet_ref import model as model_module
@@ -43,14 +42,6 @@ ORIGINALS = {
     (feed_forward, "ACTIVATIONS"): feed_forward.ACTIVATIONS,
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The cases are tiny: one thread avoids OpenMP spin-waits on a busy 2-core machine (~10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -39,15 +39,6 @@ def tiny_lm(*, seed: int, attn_type: str = "bi", n_layer: int = 3, std: float = 
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on tensors this small threads only add overhead, and on a busy 2-core
-    machine they oversubscribe the cores (we measured 10x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------- the definition, by hand
 

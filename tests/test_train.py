@@ -35,14 +35,6 @@ def corpus_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster, and far faster when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def micro(corpus, **overrides) -> TrainConfig:
     model = XLNetConfig(vocab_size=260, d_model=32, n_layer=2, n_head=2, d_inner=64, mem_len=16, reuse_len=8, dropout=0.1)

@@ -27,14 +27,6 @@ pytest.importorskip("transformers")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_xlnet_adapter.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The cases are tiny: one thread avoids OpenMP spin-waits on a busy 2-core machine (~10x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def golden():
