@@ -49,7 +49,8 @@ def plot_history(history: list[dict], *, axes=None, title: str | None = None):
     history: the list of dicts that :func:`xlnet_ref.train.train` returns (``kind`` "train" / "eval").
     """
     plt = _pyplot()
-    if axes is None:
+    own_figure = axes is None  # lay out only a figure we made; a caller's figure has its own layout
+    if own_figure:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 1]})
     ax_loss, ax_lr = axes
     fig = ax_loss.figure
@@ -77,7 +78,8 @@ def plot_history(history: list[dict], *, axes=None, title: str | None = None):
     ax_lr.set_title("learning rate: warm-up, linear decay", fontsize=9)
     ax_lr.grid(alpha=0.3)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    fig.tight_layout()
+    if own_figure:
+        fig.tight_layout()
     return fig
 
 
@@ -162,7 +164,8 @@ def plot_memory_attention(mass: torch.Tensor, *, mlen: int, qlen: int, ax=None, 
     """Bars per layer: the share of attention on memory for both streams, with mlen / (mlen + qlen) — what
     attention spread evenly over all keys would give — as a dashed line."""
     plt = _pyplot()
-    if ax is None:
+    own_figure = ax is None  # lay out only a figure we made; a caller's figure has its own layout
+    if own_figure:
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
     fig = ax.figure
     n_layer = mass.shape[0]
@@ -176,5 +179,6 @@ def plot_memory_attention(mass: torch.Tensor, *, mlen: int, qlen: int, ax=None, 
     ax.set_title(title or "How much each layer reads from memory", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    if own_figure:
+        fig.tight_layout()
     return fig
