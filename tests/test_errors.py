@@ -81,3 +81,14 @@ def test_bi_data_with_odd_batch():
 def test_bad_config_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         XLNetConfig(**kwargs)
+
+
+def test_masks_may_be_float_int_or_bool(model):
+    """0/1 masks mean the same whatever their dtype: the same logits for float, long and bool."""
+    from helpers import random_inputs
+
+    kw = random_inputs(batch=B, seq_len=T, vocab_size=SMALL["vocab_size"], seed=0, perm=True, num_predict=2, left_padding=True)
+    expected = model(**kw).logits
+    for dtype in (torch.long, torch.bool):
+        cast = {k: v.to(dtype) if k in ("perm_mask", "target_mapping", "attention_mask") else v for k, v in kw.items()}
+        assert torch.equal(model(**cast).logits, expected), dtype

@@ -33,8 +33,8 @@ def target_positions(target_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     An all-zero row is a padding target: valid False (its position is reported as 0 and unused).
     """
-    valid = target_mapping.sum(-1) > 0
-    return target_mapping.argmax(-1), valid
+    one_hot = (target_mapping != 0).to(torch.uint8)  # float, int or bool input alike
+    return one_hot.argmax(-1), one_hot.sum(-1) > 0
 
 
 def rows_at(t: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor | None:
