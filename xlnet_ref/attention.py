@@ -23,6 +23,7 @@ from __future__ import annotations
 
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .relative_position import rel_shift
@@ -44,10 +45,9 @@ def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
     every row of a half, so we project it once per half and let one batched matmul share it.
     attention_naive projects and multiplies per batch row instead; tests check they agree.
     """
-    p = k_r.shape[0]
-    b, i, n, d = q_v.shape
-    bd = torch.einsum("pcind,prnd->pcnir", q_v.reshape(p, b // p, i, n, d), k_r)
-    return bd.reshape(b, n, i, -1)
+    q_halves = rearrange(q_v, "(p c) i n d -> p c i n d", p=k_r.shape[0])  # c: rows within a half
+    bd = torch.einsum("pcind,prnd->pcnir", q_halves, k_r)
+    return rearrange(bd, "p c n i r -> (p c) n i r")
 
 
 class RelativeAttention(nn.Module):
