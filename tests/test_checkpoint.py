@@ -159,6 +159,18 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     assert "config.json" in str(err.value) and "corrupt" in str(err.value) and "JSON" in str(err.value)
 
 
+def test_a_weights_file_missing_a_tensor_is_refused(tmp_path):
+    """Dropping the (tied) embedding from the file must not leave a random embedding behind silently."""
+    from safetensors.torch import save_file
+
+    save_model(tmp_path, model=make_lm())
+    weights = tmp_path / "model.safetensors"
+    kept = {k: v for k, v in load_file(str(weights)).items() if "word_embedding" not in k and k != "lm_loss.weight"}
+    save_file(kept, str(weights))
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(tmp_path)
+
+
 def test_corrupt_optimizer_state(tmp_path):
     model = make_lm()
     opt = torch.optim.AdamW(model.parameters())

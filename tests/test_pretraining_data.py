@@ -97,6 +97,16 @@ def test_pieces_mode_reproduces_the_original_quirk():
     assert mid_word > 100
 
 
+def test_pieces_mode_never_masks_a_span_touching_the_end():
+    """The original's loop stops at `end >= seg_len`: a span reaching the last piece is dropped."""
+    g = torch.Generator().manual_seed(4)
+    ends = 0
+    for _ in range(2000):
+        starts = torch.ones(12, dtype=torch.bool)  # every piece starts a word: spans land anywhere
+        ends += bool(sample_span_mask(12, word_starts=starts, span_unit="pieces", generator=g)[-1])
+    assert ends == 0
+
+
 def test_num_predict_is_exact_and_never_picks_unselectable_positions():
     g = torch.Generator().manual_seed(4)
     for T, n in [(20, 3), (64, 11), (64, 30), (10, 8), (7, 0)]:

@@ -219,9 +219,8 @@ def load_weights(directory: str | Path, *, model: torch.nn.Module) -> None:
         raise CheckpointError(f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}") from None
     except RuntimeError as err:  # shape mismatch inside load_state_dict
         raise CheckpointError(f"{str(path)!r}: the tensors do not fit the model ({err})") from None
-    # save_model dropped the tied copy (lm_loss.weight or word_embedding.weight): not really missing
-    tied = {"lm_loss.weight", "transformer.word_embedding.weight"}
-    missing = [m for m in missing if m not in tied]
+    # safetensors' load_model already fills the tied copy (lm_loss.weight) from the one stored tensor,
+    # so anything reported missing here really is missing
     if missing or unexpected:
         raise CheckpointError(f"{str(path)!r}: expected exactly the model's tensors; missing {missing}, unexpected {unexpected}")
 

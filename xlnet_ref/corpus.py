@@ -71,7 +71,8 @@ def split_corpus(text: str, *, eval_fraction: float = 0.05, block_chars: int = 4
     """Split ``text`` into (train, held-out): every k-th block of about ``block_chars`` characters is held out,
     k = round(1 / eval_fraction).
 
-    Blocks end at line breaks, so no line is split, and no held-out line also appears in training.
+    Blocks end at a line break when the block holds one, so ordinary text is never cut mid-line; a
+    single line longer than a block is cut at the block boundary.
     Interleaved blocks sample the whole corpus; a held-out tail would not (the last of CPython's
     sorted topics are tables that are easier than the rest, ~0.5 nats lower). For a short text the
     blocks shrink to ``len(text) * eval_fraction`` characters so that there are enough of them.

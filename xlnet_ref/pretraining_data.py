@@ -178,7 +178,9 @@ def sample_span_mask(
                 end = span_end(beg, n)
             if sum(can_pick[beg:end]) > num_predict - num_chosen:
                 break
-        if end > seq_len:
+        # the original stops at end >= seq_len (a span touching the last piece is dropped); a whole
+        # word may end exactly at seq_len
+        if end > seq_len or (span_unit == "pieces" and end >= seq_len):
             break
         for p in range(beg, end):
             if can_pick[p]:
@@ -281,7 +283,7 @@ def plm_batches(
     reversed copies with ``bi_data``); batch ``s`` holds, in every row, the window starting at
     ``s * reuse_len`` of that row, so row ``r`` of batch ``s+1`` continues row ``r`` of batch ``s``
     (pass the model's ``mems`` on). With ``reuse_len = 0`` windows advance by
-    ``seq_len - 3`` (there is no memory to carry). The last window that does not fit is dropped.
+    ``seq_len - 3``, and a model with ``mem_len > 0`` then caches the whole previous window. The last window that does not fit is dropped.
 
     Targets: ``num_predict`` per example — ``num_predict - num_predict * (T - R) // T`` in the
     reuse part and the rest in the rest (the original's halves when ``R = T / 2``). With
