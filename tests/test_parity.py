@@ -59,7 +59,7 @@ def hf_forward(hf, kw: dict, mems):
     return Stacked
 
 
-def compare_call(ref_out, hf_out, kw, tol) -> dict[str, float]:
+def compare_call(ref_out, hf_out, kw) -> dict[str, float]:
     """Relative errors of every returned tensor of one call."""
     errs = {"logits": rel_err(ref_out.logits, hf_out.logits)}
     two_stream = "target_mapping" in kw
@@ -92,7 +92,7 @@ def run_case(overrides, opts, batch, *, dtype=torch.float32, seed=0, ref=None):
             kw = {k: v.to(dtype) if v.is_floating_point() else v for k, v in kw.items()}
         out_ref = ref(**kw, mems=mems_ref, output_attentions=True, output_hidden_states=True)
         out_hf = hf_forward(hf, kw, mems_hf)
-        errs = compare_call(out_ref, out_hf, kw, None)
+        errs = compare_call(out_ref, out_hf, kw)
         worst.append(max(errs.items(), key=lambda kv: kv[1]))
         mems_ref, mems_hf = out_ref.mems, out_hf.mems
     return worst

@@ -77,8 +77,14 @@ class XLNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "XLNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"XLNetConfig.from_dict: unknown fields {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
+
+
+def dataclass_from_dict(cls, d: dict):
+    """Build the dataclass ``cls`` from a dict, naming any field it does not have (a typo in a saved
+    config fails here instead of being dropped)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}.from_dict: unknown fields {unknown}; expected a subset of {sorted(known)}")
+    return cls(**d)

@@ -45,7 +45,7 @@ from types import MappingProxyType
 import torch
 
 from . import checkpoint as ckpt
-from .config import XLNetConfig
+from .config import XLNetConfig, dataclass_from_dict
 from .corpus import load_corpus, split_corpus
 from .model import XLNetLMHeadModel
 from .permutation import plm_loss
@@ -126,11 +126,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig.from_dict: unknown fields {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def tiny() -> TrainConfig:
