@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel, XLNetModel
-from xlnet_ref.checkpoint import (
+from xlnet_ref.training.checkpoint import (
     CheckpointError,
     capture_rng_state,
     export_hf,

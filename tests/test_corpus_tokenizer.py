@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xlnet_ref.corpus import default_corpus_text, load_corpus, split_corpus
-from xlnet_ref.tokenizer import ByteTokenizer, SentencePieceTokenizer, build_tokenizer, load_tokenizer
+from xlnet_ref.training.corpus import default_corpus_text, load_corpus, split_corpus
+from xlnet_ref.training.tokenizer import ByteTokenizer, SentencePieceTokenizer, build_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")

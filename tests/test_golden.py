@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from xlnet_ref.golden import DEFAULT_DIR, SPECS, environment, read_cases, read_manifest, write_golden
-from xlnet_ref.validate import first_departure, reference_adapter, validate, validate_case
+from xlnet_ref.validation.golden import DEFAULT_DIR, SPECS, environment, read_cases, read_manifest, write_golden
+from xlnet_ref.validation.validate import first_departure, reference_adapter, validate, validate_case
 
 SAME_ENVIRONMENT = read_manifest(DEFAULT_DIR)["generated_on"] == environment()
 

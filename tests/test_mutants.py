@@ -8,9 +8,9 @@ import pytest
 
 from xlnet_ref import attention, feed_forward, masks, memory, permutation, relative_position, segments
 from xlnet_ref import model as model_module
-from xlnet_ref.golden import DEFAULT_DIR, read_cases
-from xlnet_ref.mutants import MUTANTS, mutant_adapter
-from xlnet_ref.validate import first_departure, main, reference_adapter, stage_description, validate
+from xlnet_ref.validation.golden import DEFAULT_DIR, read_cases
+from xlnet_ref.validation.mutants import MUTANTS, mutant_adapter
+from xlnet_ref.validation.validate import first_departure, main, reference_adapter, stage_description, validate
 
 # mutant -> (first case that catches it, first stage that fails there): where each bug lives
 EXPECTED = {

@@ -1,4 +1,4 @@
-"""The copy-from-the-previous-segment task (xlnet_ref.tasks): labels, best loss, memory handling, learning."""
+"""The copy-from-the-previous-segment task (xlnet_ref.training.tasks): labels, best loss, memory handling, learning."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
-from xlnet_ref.tasks import IGNORE, copy_task_batch, copy_task_best_loss, run_segments, train_copy_task
+from xlnet_ref.training.tasks import IGNORE, copy_task_batch, copy_task_best_loss, run_segments, train_copy_task
 
 
 def small_model(mem_len=4, seed=0):

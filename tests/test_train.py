@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
-from xlnet_ref.checkpoint import CheckpointError
-from xlnet_ref.corpus import default_corpus_text
+from xlnet_ref.training.checkpoint import CheckpointError
+from xlnet_ref.training.corpus import default_corpus_text
 from xlnet_ref.pretraining_data import plm_batches
-from xlnet_ref.tokenizer import ByteTokenizer
-from xlnet_ref.train import (
+from xlnet_ref.training.tokenizer import ByteTokenizer
+from xlnet_ref.training.train import (
     TrainConfig,
     evaluate,
     left_to_right_batch,
@@ -187,7 +187,7 @@ def test_cli(corpus_file, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------- demo figures
 def test_memory_attention_mass_by_hand():
-    from xlnet_ref.plotting import memory_attention_mass
+    from xlnet_ref.drawing.plotting import memory_attention_mass
 
     # one layer, b = 1, n = 1: content rows put 0.25 and 0.75 on the 2 memory keys; query row puts 0.5
     prob_h = torch.tensor([[[[0.1, 0.15, 0.5, 0.25], [0.5, 0.25, 0.25, 0.0]]]])  # [b, n, i, j], mlen = 2
@@ -199,9 +199,9 @@ def test_memory_attention_mass_by_hand():
 
 
 def test_demo_figures(corpus_file, tmp_path):
-    from xlnet_ref.demo import make_figures
+    from xlnet_ref.training.demo import make_figures
 
-    from xlnet_ref.train import load_run
+    from xlnet_ref.training.train import load_run
 
     trained = train(micro(corpus_file, steps=3, eval_every=2), out_dir=tmp_path / "run", progress=False, log=None)
     result = load_run(tmp_path / "run")  # back from the checkpoint, as a notebook would

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from xlnet_ref import relative_position
-from xlnet_ref.golden import DEFAULT_DIR, builtin_cases, read_cases
-from xlnet_ref.validate import (
+from xlnet_ref.validation.golden import DEFAULT_DIR, builtin_cases, read_cases
+from xlnet_ref.validation.validate import (
     compare_stage,
     first_departure,
     hf_adapter,
@@ -100,7 +100,7 @@ def test_a_crash_is_reported(golden):
 def test_user_module_with_a_nudged_bias_fails_at_the_content_score(tmp_path, capsys):
     """An implementation whose u (r_w_bias) of layer 1 is off by 1e-3: u enters only (a)+(c)."""
     (tmp_path / "nudged.py").write_text(
-        "from xlnet_ref.validate import reference_adapter\n"
+        "from xlnet_ref.validation.validate import reference_adapter\n"
         "def run(case):\n"
         "    case.weights['transformer.layer.1.rel_attn.r_w_bias'][0, 3] += 1e-3\n"
         "    return reference_adapter(case)\n"

@@ -13,7 +13,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xlnet_ref import viz
+from xlnet_ref.drawing import viz
 from xlnet_ref.relative_position import rel_shift, relative_positional_encoding, relative_positions
 
 

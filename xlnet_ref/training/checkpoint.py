@@ -38,7 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model as _st_load_model, save_file, save_model as _st_save_model
 
-from .config import XLNetConfig
+from ..config import XLNetConfig
 
 FORMAT = "xlnet_ref"
 FORMAT_VERSION = 1
@@ -227,7 +227,7 @@ def load_weights(directory: str | Path, *, model: torch.nn.Module) -> None:
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the model that config.json describes and load model.safetensors into it (eval mode)."""
-    from . import model as model_module
+    from .. import model as model_module
 
     model_class, config = read_config(directory)
     model = getattr(model_module, model_class)(config).to(device)
@@ -391,7 +391,7 @@ def export_hf(source, out_dir: str | Path, *, tokenizer=None) -> Path:
     A SentencePiece tokenizer is also written as transformers' ``XLNetTokenizer`` (same pieces, same ids);
     the byte tokenizer has no transformers counterpart and is copied as xlnet_ref_tokenizer.json.
     """
-    from .interop import to_hf
+    from ..interop import to_hf
 
     if isinstance(source, (str, Path)):
         if tokenizer is None and (Path(source) / "xlnet_ref_tokenizer.json").is_file():
@@ -418,7 +418,7 @@ def load_hf(directory: str | Path, *, lm_head: bool = True):
     """An xlnet_ref model from a transformers folder (``from_pretrained`` then ``interop.from_hf``), eval mode."""
     import transformers
 
-    from .interop import from_hf
+    from ..interop import from_hf
 
     directory = Path(directory)
     _require(directory / "config.json")

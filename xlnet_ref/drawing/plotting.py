@@ -1,5 +1,5 @@
 """Training plots shared by the demo and the notebooks: loss curves, the two streams' attention, attention
-on memory. The generic matrix / mask drawing lives in :mod:`xlnet_ref.viz`; this module puts those
+on memory. The generic matrix / mask drawing lives in :mod:`xlnet_ref.drawing.viz`; this module puts those
 pieces together for a trained model.
 
 Each ``plot_*`` function draws into a given matplotlib Axes (or a new figure) and returns the figure,
@@ -24,7 +24,7 @@ def _pyplot():
 
 
 def save_figure(fig, path: str | Path, *, dpi: int = 130) -> Path:
-    """Save ``fig`` as PNG (creating the folder, via :func:`xlnet_ref.viz.save_figure`) and close it."""
+    """Save ``fig`` as PNG (creating the folder, via :func:`xlnet_ref.drawing.viz.save_figure`) and close it."""
     from .viz import save_figure as viz_save_figure
 
     path = viz_save_figure(fig, path, dpi=dpi)
@@ -46,7 +46,7 @@ def smooth(values: list[float], *, window: int = 20) -> list[float]:
 def plot_history(history: list[dict], *, axes=None, title: str | None = None):
     """Left: training PLM loss (raw and smoothed) with held-out PLM and left-to-right losses; right: learning rate.
 
-    history: the list of dicts that :func:`xlnet_ref.train.train` returns (``kind`` "train" / "eval").
+    history: the list of dicts that :func:`xlnet_ref.training.train.train` returns (``kind`` "train" / "eval").
     """
     plt = _pyplot()
     own_figure = axes is None  # lay out only a figure we made; a caller's figure has its own layout
@@ -116,7 +116,7 @@ def plot_two_stream_attention(
 
     prob_h: [i, j]; prob_g: [k, j]; perm_mask: [i, i] (1 = may NOT attend); target_positions: the
     position each row of prob_g predicts; labels: one per position of the segment (length i).
-    Drawn with :mod:`xlnet_ref.viz` (the notebooks' matrix and mask helpers).
+    Drawn with :mod:`xlnet_ref.drawing.viz` (the notebooks' matrix and mask helpers).
     """
     from .viz import draw_mask, draw_matrix
 

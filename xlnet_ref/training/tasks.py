@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .model import XLNetLMHeadModel
+from ..model import XLNetLMHeadModel
 
 IGNORE = -100  # label of the first segment: it has no previous segment to copy from
 

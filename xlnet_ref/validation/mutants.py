@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention, feed_forward, permutation
-from . import model as model_module
+from .. import attention, feed_forward, permutation
+from .. import model as model_module
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,5 @@
+"""Figures for the notebooks and the demo.
+
+    viz.py       matrices, masks, panels, the sinusoid table, rel_shift, per-stage errors
+    plotting.py  training figures: loss curves, both streams' attention, attention on memory
+"""
