@@ -19,6 +19,7 @@ Machinery around the model, in subpackages named for their job:
     training/            corpus, tokenizers, the pretraining loop, checkpoints, the demo, synthetic tasks
     validation/          golden cases, stage-by-stage comparison, mutants (known bugs)
     drawing/             figures for the notebooks and the demo
+    experiments/         seeded experiments that write results/<name>.json
 
 Entry points (thin modules): python -m xlnet_ref.train | .demo | .validate | .golden
 
