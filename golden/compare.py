@@ -2,7 +2,7 @@
 r"""Compare an XLNet implementation's outputs with the golden stages. Needs numpy and safetensors only.
 
     python golden/compare.py OUTPUTS [--golden DIR] [--case NAME ...] [--layout batch_first|length_first]
-                             [--rtol R --atol A] [--stage-tol STAGE=R[,A] ...] [--verbose]
+                             [--rtol R --atol A] [--stage-tol STAGE=R[,A] ...] [--failures | --verbose]
 
 OUTPUTS is a .safetensors or .npz file holding your implementation's tensors under keys
 ``<case>/<stage>`` (``two_stream/logits``, ``memory/layer0.content.bd``, ...): stage names, layouts
@@ -112,6 +112,8 @@ def to_batch_first(actual, layout: str, shape, *, length_first: bool = False) ->
 def locate(index, layout: str) -> str:
     """(1, 0, 3, 5) with 'b n i j' -> 'batch row 1, head 0, query position 3, key 5'."""
     index = [int(x) for x in index]
+    if not index:
+        return "the scalar"
     axes = layout.split()
     if len(axes) != len(index):
         return f"index {tuple(index)}"
@@ -188,7 +190,7 @@ def compare_stage(name: str, expected, actual, *, rtol: float, atol: float, huge
     max_abs, scale = float(diff[worst]), float(np.abs(e[regular]).max())
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     status = "pass" if max_abs <= rtol * scale + atol else "FAIL"
-    where = f"worst at {locate(worst, layout)}" if status == "FAIL" else ""
+    where = f"worst at {locate(worst, layout)}" if status == "FAIL" and expected.ndim else ""
     return StageResult(name, status, shape, max_abs, max_rel, where=where)
 
 
@@ -331,6 +333,11 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.2e}"
 
 
+def _detail(r: StageResult) -> str:
+    text = "; ".join(x for x in (r.note, r.where) if x)
+    return f"  [{text}]" if text else ""
+
+
 def main(argv=None, out=print) -> int:
     parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("outputs", metavar="OUTPUTS", help=".safetensors or .npz with keys <case>/<stage>")
@@ -341,7 +348,8 @@ def main(argv=None, out=print) -> int:
     parser.add_argument("--atol", type=float, help="absolute tolerance for every stage (default: the case's)")
     parser.add_argument("--stage-tol", type=_stage_tolerance, action="append", default=[], metavar="STAGE=R[,A]",
                         help="tolerance for stages matching STAGE (a name, a base name like 'prob', or a glob)")
-    parser.add_argument("--verbose", action="store_true", help="print every stage, not only the failing ones")
+    parser.add_argument("--failures", action="store_true", help="print every failing stage of each case")
+    parser.add_argument("--verbose", action="store_true", help="print every stage of each case")
     args = parser.parse_args(argv)
     try:
         return _run(args, out)
@@ -383,19 +391,20 @@ def _run(args, out) -> int:
         totals["not provided"] += counts["not provided"]
         first = next((r for r in results if r.failed), None)
         summary = ", ".join(f"{n} {st}" for st, n in counts.items() if n)
-        out(f"case {name:<24} {'PASS' if first is None else 'FAIL at ' + first.stage}  ({summary})")
+        out(f"case {name:<24} {'PASS' if first is None else 'FAIL at ' + first.stage}  ({summary})"
+            + ("" if first is None else _detail(first)))
         for r in results:
-            if r.failed or args.verbose:
-                extra = "; ".join(x for x in (r.note, r.where) if x)
+            if args.verbose or (args.failures and r.failed):
                 out(f"  {r.stage:<40} {r.status:<13} max abs {_num(r.max_abs)}  max rel {_num(r.max_rel)}"
-                    + (f"  [{extra}]" if extra else ""))
+                    + _detail(r))
         for note in notes:
             out(f"  note: {note}")
         if first is not None:
             failed.append(name)
             if departure is None:
                 meaning = next((s.get("meaning", "") for s in entry["stages"] if s["name"] == first.stage), "")
-                departure = (name, first, meaning)
+                later = results[results.index(first) + 1:]
+                departure = (name, first, meaning, sum(r.status == "pass" for r in later), sum(r.failed for r in later))
     if compared == 0 and not failed:
         raise UsageError(f"{args.outputs}: no keys for any selected golden case (expected '<case>/<stage>' with "
                          f"case one of {selected[:3]}...)")
@@ -407,10 +416,10 @@ def _run(args, out) -> int:
         return 0
     out(f"FAILED: {', '.join(failed)}")
     if departure is not None:
-        name, r, meaning = departure
-        detail = "; ".join(x for x in (r.note, r.where) if x)
-        out(f"First departure from the reference: case '{name}', stage '{r.stage}'"
-            + (f" = {meaning}" if meaning else "") + (f"  [{detail}]" if detail else ""))
+        name, r, meaning, agree, fail = departure
+        out(f"First departure from the reference: case '{name}', stage '{r.stage}'")
+        out(f"  = {meaning or r.stage}{_detail(r)}")
+        out(f"  after it in this case: {agree} stages still agree, {fail} fail too (--failures lists them)")
     return 1
 
 
