@@ -123,8 +123,10 @@ def feed_forward(x, W, activation, eps):
                       W["layer_norm.bias"], eps)
 
 
-def xlnet_forward(cfg, weights, inputs, dtype):
-    """Every stage of the forward pass, batch-first, as golden/README.md lays them out."""
+def xlnet_forward(cfg, weights, inputs, dtype=None):
+    """Every stage of the forward pass, batch-first, as golden/README.md lays them out.
+    dtype: the case's (np.float32 or np.float16); by default the weights'."""
+    dtype = dtype or weights["transformer.word_embedding.weight"].dtype.type
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     ids = inputs["input_ids"]
     b, qlen = ids.shape

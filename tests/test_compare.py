@@ -193,3 +193,34 @@ def test_the_numpy_example_passes_without_torch(no_torch_env, tmp_path):
         assert row in judged.stdout, row
     written = load_file(str(out))
     assert len([k for k in written if k.startswith("uni_perm_padding/")]) == 49
+
+
+def test_the_readme_example_writes_a_passing_outputs_file(no_torch_env, tmp_path):
+    """golden/README.md's example, run as written, with examples/numpy_xlnet.py as "my_xlnet"."""
+    text = (GOLDEN / "README.md").read_text()
+    block = text.split("## Writing an outputs file from a non-torch implementation")[1]
+    code = block.split("```python\n")[1].split("```")[0]
+    assert len(code.splitlines()) <= 30
+    (tmp_path / "write_outputs.py").write_text(code)
+    (tmp_path / "my_xlnet.py").write_text("from numpy_xlnet import xlnet_forward as xlnet_stages\n")
+    env = {**no_torch_env, "PYTHONPATH": os.pathsep.join([no_torch_env["PYTHONPATH"], str(ROOT / "examples")])}
+    run = subprocess.run([sys.executable, "write_outputs.py", str(GOLDEN)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    judged = run_compare(env, tmp_path / "my_outputs.safetensors")
+    assert judged.returncode == 0 and "ALL PASS" in judged.stdout, judged.stdout[-2000:]
+
+
+def test_the_walkthroughs_rel_shift_bug_is_named(no_torch_env, tmp_path):
+    """docs/validate.md step 6: the numpy example without its rel_shift fails first at layer0.content.bd,
+    while bd_raw (before the shift) still agrees."""
+    out = tmp_path / "buggy.safetensors"
+    code = ("import numpy_xlnet as x; x.rel_shift = lambda bd, klen: bd[..., :klen]; "
+            f"x.main(['--out', {str(out)!r}])")
+    run = subprocess.run([sys.executable, "-c", code], env=no_torch_env, cwd=ROOT / "examples",
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    judged = run_compare(no_torch_env, out, "--case", "one_stream", "--verbose")
+    assert judged.returncode == 1
+    assert "First departure from the reference: case 'one_stream', stage 'layer0.content.bd'" in judged.stdout
+    assert any(line.split()[:2] == ["layer0.content.bd_raw", "pass"] for line in judged.stdout.splitlines())

@@ -161,12 +161,13 @@ def format_case(result: CaseResult, *, brief: bool = False, show_traceback: bool
     tol = case.tolerances
     lines = [f"case {case.name}: {case.description}  [{case.dtype}, rtol {tol['rtol']:g}, atol {tol['atol']:g}]"]
     shown = [s for s in result.stages if s.failed] if brief else result.stages
+    width = max([26] + [len(s.stage) for s in shown])  # gradient stages have long names
     if shown:
-        header = f"{'stage':<26} {'shape':<16} {'max abs err':>11} {'max rel err':>11}  {'result':<14} what it is"
+        header = f"{'stage':<{width}} {'shape':<16} {'max abs err':>11} {'max rel err':>11}  {'result':<14} what it is"
         lines.append("  " + header)
     for s in shown:
         shape = "-" if s.shape is None else str(s.shape).replace(" ", "")
-        lines.append(f"  {s.stage:<26} {shape:<16} {_num(s.max_abs):>11} {_num(s.max_rel):>11}  {s.status:<14} "
+        lines.append(f"  {s.stage:<{width}} {shape:<16} {_num(s.max_abs):>11} {_num(s.max_rel):>11}  {s.status:<14} "
                      f"{_description(s.stage)}{_detail(s)}")
     if show_traceback and result.traceback:
         lines += ["  adapter traceback:"] + ["    " + x for x in result.traceback.rstrip().splitlines()]
