@@ -244,7 +244,7 @@ MUTANTS = {m.name: m for m in [
 
 
 def mutant_adapter(name: str) -> Callable:
-    """An adapter (``case -> {stage: tensor}``, see validate.py) that runs the reference with one bug in."""
+    """An adapter (``case -> {stage: tensor}``, see adapters.py) that runs the reference with one bug in."""
     if name not in MUTANTS:
         raise ValueError(f"mutant: expected one of {sorted(MUTANTS)}, got {name!r}")
     mutant = MUTANTS[name]
