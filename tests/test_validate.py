@@ -409,3 +409,10 @@ def test_stage_recorder_tags_calls_with_their_module():
     assert torch.allclose(grads["grad.1.w"], torch.autograd.grad(model(x).sum(), model[1].w)[0])
     with pytest.raises(ValueError, match="module: expected one of the modules that ran"):
         rec.output("2")
+
+
+def test_a_non_array_stage_is_a_crash_not_a_refusal(golden):
+    """Returning something that is not a tensor is an adapter bug: on a case the reference refuses it
+    must not count as a (TypeError) refusal."""
+    (result,) = validate(lambda case: {"logits": "not an array"}, odd_batch(golden))
+    assert result.first_failure.stage == "input_check" and "crashed instead of refusing" in result.first_failure.note

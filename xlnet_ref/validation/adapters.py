@@ -116,7 +116,11 @@ def run_adapter(adapter: Callable, case: Case) -> AdapterRun:
             f"adapter: expected it to return a dict of stage name -> tensor, got {type(outputs).__name__}"))
     if REFUSED in outputs:
         return AdapterRun(outputs=None, refused=str(outputs[REFUSED]))
-    outputs = {k: _as_tensor(v) for k, v in outputs.items()}
+    try:
+        outputs = {k: _as_tensor(v) for k, v in outputs.items()}
+    except (TypeError, ValueError) as error:  # a crash of the adapter, not a refusal: RuntimeError
+        return AdapterRun(outputs=None, error=RuntimeError(
+            f"adapter: expected every stage to be a tensor or an array, got {error}"))
     not_measurable: dict = {}
     _memory_gradients(view.inputs, outputs, not_measurable)
     outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in outputs.items()}
