@@ -163,8 +163,10 @@ def test_bad_paths_and_files_are_one_line_errors(no_torch_env, tmp_path):
         run = run_compare(no_torch_env, *args)
         lines = run.stderr.strip().splitlines()
         assert run.returncode == 2 and len(lines) == 1 and message in lines[0], (args, run.stdout, run.stderr)
-    run = run_compare(no_torch_env, good, "--stage-tol", "nonsense")
-    assert run.returncode == 2 and "STAGE=RTOL" in run.stderr  # argparse's usage error
+    for args in (["--stage-tol", "nonsense"], ["--layout", "sideways"], []):
+        run = run_compare(no_torch_env, *([good] if args else []), *args)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), run.stderr
 
 
 def test_a_copied_folder_is_all_a_porter_needs(no_torch_env, tmp_path):

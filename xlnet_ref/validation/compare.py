@@ -338,8 +338,14 @@ def _detail(r: StageResult) -> str:
     return f"  [{text}]" if text else ""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit status 2 (argparse would also print the usage)
+        print(f"error: {message} (python compare.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None, out=print) -> int:
-    parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="compare.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("outputs", metavar="OUTPUTS", help=".safetensors or .npz with keys <case>/<stage>")
     parser.add_argument("--golden", default=str(DEFAULT_GOLDEN), help="golden folder (default: %(default)s)")
     parser.add_argument("--case", action="append", metavar="NAME", help="only this case (repeatable)")
