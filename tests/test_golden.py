@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from xlnet_ref.validation.golden import DEFAULT_DIR, SPECS, environment, read_cases, read_manifest, write_golden
+from xlnet_ref.validation.cases import SPECS, builtin_cases, expected_stage_names
+from xlnet_ref.validation.golden import DEFAULT_DIR, environment, read_cases, read_manifest, write_golden
 from xlnet_ref.validation.validate import first_departure, reference_adapter, validate, validate_case
 
 SAME_ENVIRONMENT = read_manifest(DEFAULT_DIR)["generated_on"] == environment()
@@ -25,6 +26,18 @@ def committed():
 
 def test_every_case_is_committed(committed):
     assert [c.name for c in committed] == [s.name for s in SPECS]
+
+
+def test_expected_stage_names_are_what_the_reference_returns():
+    """The golden set's stage lists (which a folder is checked against) are derived from the specs alone:
+    they must be exactly the reference's stages, in order, for every case."""
+    for spec, case in zip(SPECS, builtin_cases()):
+        if spec.expect_error:
+            assert expected_stage_names(spec) == []
+            continue
+        from xlnet_ref.validation.adapters import run_adapter
+
+        assert expected_stage_names(spec) == list(run_adapter(reference_adapter, case).outputs), spec.name
 
 
 def test_reference_reproduces_the_committed_files(committed):
@@ -49,9 +62,9 @@ def test_regenerating_gives_the_same_bytes(regenerated):
     if not SAME_ENVIRONMENT:
         pytest.skip(f"golden files were generated on {read_manifest(DEFAULT_DIR)['generated_on']}, "
                     f"this is {environment()}: only tolerances are promised (test above)")
-    committed_files = sorted(p.name for p in DEFAULT_DIR.iterdir())
-    assert committed_files == sorted(p.name for p in regenerated.iterdir())
-    for name in committed_files:
+    written = sorted(p.name for p in regenerated.iterdir())  # golden/ also holds README.md
+    assert sorted(p.name for p in DEFAULT_DIR.iterdir()) == sorted(written + ["README.md"])
+    for name in written:
         assert (regenerated / name).read_bytes() == (DEFAULT_DIR / name).read_bytes(), f"{name} differs"
 
 
@@ -63,7 +76,7 @@ def test_writing_twice_gives_the_same_bytes(regenerated, tmp_path):
 
 def test_files_are_small():
     total = sum(p.stat().st_size for p in DEFAULT_DIR.iterdir())
-    assert total < 1_000_000, f"golden/ holds {total:,} bytes"
+    assert total < 1_500_000, f"golden/ holds {total:,} bytes"
 
 
 # --- the format, read without torch ------------------------------------------------------------------
@@ -90,8 +103,8 @@ def test_manifest_and_tensors_readable_without_torch(committed):
     assert manifest["format"] == "xlnet_ref-golden" and manifest["format_version"] == 1
     by_name = {c.name: c for c in committed}
     for entry in manifest["cases"]:
-        assert {"name", "description", "file", "dtype", "config", "tolerances", "expect_error", "inputs",
-                "stages"} <= entry.keys()
+        assert {"name", "description", "file", "dtype", "config", "tolerances", "expect_error", "gradients",
+                "inputs", "stages"} <= entry.keys()
         arrays = read_safetensors_by_hand(DEFAULT_DIR / entry["file"])
         weights = [k for k in arrays if k.startswith("weights/")]
         assert "weights/lm_loss.weight" in weights and "weights/transformer.layer.0.rel_attn.q" in weights
@@ -145,3 +158,94 @@ def test_a_changed_weight_is_caught_where_it_first_acts(tmp_path):
     edit_tensor(directory, "one_stream", "weights/transformer.layer.1.rel_attn.r", nudge)
     case, stage = first_departure(validate(reference_adapter, read_cases(directory, ["one_stream"])))
     assert stage.stage == "layer1.k_r"
+
+
+# --- a missing, incomplete or damaged golden folder: exit 2 and one line naming the file ---------------
+
+
+def cli_error(capsys, directory) -> list[str]:
+    """Run `golden check` and `validate --golden` on a folder; both must exit 2 with the same one line."""
+    from xlnet_ref.validation.cli import golden_main, validate_main
+
+    assert golden_main(["check", "--dir", str(directory)]) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.out + out.err, out
+    assert validate_main(["--against", "ref", "--golden", str(directory)]) == 2
+    again = capsys.readouterr().err.strip().splitlines()
+    assert again == lines
+    return lines[0]
+
+
+def test_missing_or_empty_folder(tmp_path, capsys):
+    assert "golden folder" in cli_error(capsys, tmp_path / "nowhere") and "no such folder" in \
+        cli_error(capsys, tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    line = cli_error(capsys, tmp_path / "empty")
+    assert "manifest.json: no such file" in line
+
+
+def test_truncated_or_corrupt_manifest(tmp_path, capsys):
+    directory = copy_golden(tmp_path)
+    text = (directory / "manifest.json").read_text()
+    (directory / "manifest.json").write_text(text[: len(text) // 2])
+    line = cli_error(capsys, directory)
+    assert "manifest.json: not valid JSON" in line and "truncated" in line
+    (directory / "manifest.json").write_text('{"format": "something else"}')
+    assert "expected format 'xlnet_ref-golden'" in cli_error(capsys, directory)
+
+
+def test_truncated_or_deleted_case_file(tmp_path, capsys):
+    directory = copy_golden(tmp_path)
+    path = directory / "memory.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    line = cli_error(capsys, directory)
+    assert "memory.safetensors: not a readable safetensors file" in line
+    path.unlink()
+    assert "memory.safetensors: no such file (manifest.json lists it for case 'memory')" in cli_error(capsys, directory)
+
+
+def test_missing_tensor(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    directory = copy_golden(tmp_path)
+    path = directory / "two_stream.safetensors"
+    tensors = load_file(str(path))
+    del tensors["stages/layer1.query.bd"]
+    save_file(tensors, str(path))
+    assert "two_stream.safetensors: no tensor 'stages/layer1.query.bd'" in cli_error(capsys, directory)
+
+
+def edit_manifest(directory, change):
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_manifest_with_fewer_cases_is_caught(tmp_path, capsys):
+    """The expected cases are the code's (SPECS), not the folder's: dropping a case from the manifest
+    (and its file) does not make a smaller golden set that passes."""
+    directory = copy_golden(tmp_path)
+    edit_manifest(directory, lambda m: m.update(cases=[c for c in m["cases"] if c["name"] != "gradients"]))
+    (directory / "gradients.safetensors").unlink()
+    line = cli_error(capsys, directory)
+    assert f"lists {len(SPECS) - 1} cases, the golden set has {len(SPECS)}: missing ['gradients']" in line
+
+
+def test_a_manifest_with_fewer_stages_is_caught(tmp_path, capsys):
+    directory = copy_golden(tmp_path)
+
+    def drop_stage(manifest):
+        case = next(c for c in manifest["cases"] if c["name"] == "memory")
+        case["stages"] = [s for s in case["stages"] if s["name"] != "layer0.new_mem_grad"]
+
+    edit_manifest(directory, drop_stage)
+    line = cli_error(capsys, directory)
+    assert "case 'memory' lists" in line and "missing ['layer0.new_mem_grad']" in line
+
+
+def test_stages_out_of_order_are_caught(tmp_path, capsys):
+    directory = copy_golden(tmp_path)
+    edit_manifest(directory, lambda m: m["cases"][0]["stages"].reverse())
+    assert "case 'one_stream' lists its stages out of order" in cli_error(capsys, directory)

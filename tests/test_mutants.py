@@ -8,9 +8,10 @@ import pytest
 
 from xlnet_ref import attention, feed_forward, masks, memory, permutation, relative_position, segments
 from xlnet_ref import model as model_module
+from xlnet_ref.validation.cli import validate_main as main
 from xlnet_ref.validation.golden import DEFAULT_DIR, read_cases
 from xlnet_ref.validation.mutants import MUTANTS, mutant_adapter
-from xlnet_ref.validation.validate import first_departure, main, reference_adapter, stage_description, validate
+from xlnet_ref.validation.validate import first_departure, reference_adapter, stage_description, validate
 
 # mutant -> (first case that catches it, first stage that fails there): where each bug lives
 EXPECTED = {
@@ -29,6 +30,8 @@ EXPECTED = {
     "bi_data_odd_batch_runs": ("bi_data_odd_batch", "input_check"),
     "memory_needs_mem_len": ("memory_given_mem_len_0", "pos_emb"),  # the table is built without the memory
     "float16_mask_1e30": ("float16_padding", "layer0.content.score"),  # -inf instead of -65500
+    # forward exact, backward wrong: the first gradient (in backward order) that goes through a GELU
+    "gelu_wrong_backward": ("gradients", "grad.transformer.layer.1.ff.layer_1.weight"),
 }
 
 ORIGINALS = {
@@ -63,6 +66,14 @@ def test_mutant_fails_at_the_expected_stage(name, golden):
     case, stage = departure
     assert (case.case.name, stage.stage) == EXPECTED[name], f"{name}: {stage}"
     assert stage_description(stage.stage)  # named in words
+
+
+def test_wrong_backward_passes_every_forward_stage(golden):
+    """The wrong GELU backward is invisible to every forward stage: only the gradient stages catch it."""
+    (result,) = validate(mutant_adapter("gelu_wrong_backward"), [c for c in golden if c.name == "gradients"])
+    failed = [s.stage for s in result.stages if s.failed]
+    assert failed and all(name.startswith("grad.") for name in failed)
+    assert "grad.transformer.layer.1.ff.layer_2.weight" not in failed  # W_2 sees the GELU's output, not its slope
 
 
 def test_the_reference_passes_and_is_untouched_by_the_mutants(golden):

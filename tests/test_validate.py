@@ -9,18 +9,14 @@ import pytest
 import torch
 
 from xlnet_ref import relative_position
-from xlnet_ref.validation.golden import DEFAULT_DIR, builtin_cases, read_cases
-from xlnet_ref.validation.validate import (
-    compare_stage,
-    first_departure,
-    hf_adapter,
-    load_adapter,
-    main,
-    reference_adapter,
-    run_adapter,
-    stage_layout,
-    validate,
-)
+from xlnet_ref.validation.adapters import load_adapter, run_adapter
+from xlnet_ref.validation.cases import builtin_cases
+from xlnet_ref.validation.cli import validate_main as main
+from xlnet_ref.validation.golden import DEFAULT_DIR, read_cases
+from xlnet_ref.validation.reference import reference_adapter
+from xlnet_ref.validation.stages import stage_layout
+from xlnet_ref.validation.transformers_adapter import hf_adapter
+from xlnet_ref.validation.validate import compare_stage, first_departure, validate
 
 pytest.importorskip("transformers")
 
@@ -60,7 +56,11 @@ def test_example_adapter_passes_with_the_stages_it_provides(golden):
     two_stream = next(r for r in results if r.case.name == "two_stream")
     status = {s.stage: s.status for s in two_stream.stages}
     assert status["logits"] == status["loss"] == status["layer1.query.prob"] == "pass"
+    assert status["layer1.content.bd_raw"] == status["layer1.q_h"] == "pass"  # captured by the StageRecorder
     assert status["layer0.content.bd"] == "not provided"
+    gradients = next(r for r in results if r.case.name == "gradients")
+    grads = [s for s in gradients.stages if s.stage.startswith("grad.")]
+    assert len(grads) == 2 * 17 + 4 and all(s.status == "pass" for s in grads)  # 17 per layer + 4
 
 
 def test_logits_only_is_enough_and_numpy_is_accepted(golden):
@@ -100,7 +100,7 @@ def test_a_crash_is_reported(golden):
 def test_user_module_with_a_nudged_bias_fails_at_the_content_score(tmp_path, capsys):
     """An implementation whose u (r_w_bias) of layer 1 is off by 1e-3: u enters only (a)+(c)."""
     (tmp_path / "nudged.py").write_text(
-        "from xlnet_ref.validation.validate import reference_adapter\n"
+        "from xlnet_ref.validation.reference import reference_adapter\n"
         "def run(case):\n"
         "    case.weights['transformer.layer.1.rel_attn.r_w_bias'][0, 3] += 1e-3\n"
         "    return reference_adapter(case)\n"
@@ -191,6 +191,13 @@ def test_every_stage_has_its_documented_layout(golden):
                 sizes["t"] = min(mem_len, mlen + (reuse or sizes["i"]))
             if name.endswith("new_mem_grad"):
                 sizes["t"] = case.inputs["mems"][0].shape[1]
+            if name.startswith("grad."):  # the parameter's own shape: checked against the weights
+                target = name[len("grad."):]
+                want = list(case.inputs["input_ids"].shape) + [sizes["m"]] if target == "word_emb" else \
+                    list(case.weights[target].shape)
+                assert list(tensor.shape) == want, name
+                assert len(layout.split()) == len(want), name
+                continue
             want = [] if layout == "scalar" else [sizes[a] for a in layout.split()]
             assert list(tensor.shape) == want, f"{case.name}/{name}: {list(tensor.shape)} vs {layout} = {want}"
 
@@ -213,7 +220,9 @@ def test_bd_raw_is_what_rel_shift_moves_into_place(golden):
                 for b in range(bd.shape[0]):
                     for k in range(bd.shape[2]):
                         for j in range(klen):
-                            assert torch.equal(bd[b, :, k, j], raw[b, :, k, j + qlen - int(pos[b, k])]), case.name
+                            # in 'uni', columns past the table's end (keys the mask hides) are clamped
+                            c = min(j + qlen - int(pos[b, k]), raw.shape[-1] - 1)
+                            assert torch.equal(bd[b, :, k, j], raw[b, :, k, c]), case.name
 
 
 def test_live_cases_equal_the_golden_inputs():
@@ -224,3 +233,186 @@ def test_live_cases_equal_the_golden_inputs():
         for k, w in case.weights.items():
             assert torch.equal(w, live[case.name].weights[k]), k
         assert case.inputs.keys() == live[case.name].inputs.keys()
+
+
+# --- no false passes ---------------------------------------------------------------------------------
+
+
+def odd_batch(golden):
+    return [c for c in golden if c.name == "bi_data_odd_batch"]
+
+
+def test_a_crash_is_not_a_refusal(golden):
+    """The reference refuses bi_data with an odd batch; an implementation that crashes on it (here with a
+    RuntimeError, as transformers does inside an einsum) has not refused it."""
+    def crashes(case):
+        raise RuntimeError("einsum(): subscript b has size 2 for operand 1")
+
+    (result,) = validate(crashes, odd_batch(golden))
+    assert result.first_failure.stage == "input_check"
+    assert "crashed instead of refusing: RuntimeError: einsum()" in result.first_failure.note
+
+
+@pytest.mark.parametrize("refusal", [ValueError("input_ids: odd batch"), TypeError("bad"), "marker"])
+def test_documented_refusals_pass(golden, refusal):
+    def refuses(case):
+        if refusal == "marker":
+            return {"refused": "bi_data needs an even batch"}
+        raise refusal
+
+    (result,) = validate(refuses, odd_batch(golden))
+    assert result.passed and result.stages[0].note.startswith("refused")
+
+
+def test_refusing_an_accepted_input_fails(golden):
+    (result,) = validate(lambda case: {"refused": "not supported"}, golden[:1])
+    assert result.first_failure.stage == "input_check" and "refused an input the reference accepts" in \
+        result.first_failure.note
+
+
+def test_an_unknown_stage_name_fails_with_the_closest_name(golden):
+    """A typo would otherwise hide a comparison: 'bd_row' is not compared, and says what was meant."""
+    def typo(case):
+        stages = reference_adapter(case)
+        stages["layer0.content.bd_row"] = stages.pop("layer0.content.bd_raw")
+        return stages
+
+    (result,) = validate(typo, golden[:1])
+    failed = [s for s in result.stages if s.failed]
+    assert [s.stage for s in failed] == ["layer0.content.bd_row"]
+    assert "did you mean 'layer0.content.bd_raw'" in failed[0].note
+    status = {s.stage: s.status for s in result.stages}
+    assert status["layer0.content.bd_raw"] == "not provided"
+
+
+def test_a_stage_of_another_kind_of_case_is_not_unknown(golden):
+    """layer0.query.prob is a known name: returned for a one-stream case it is simply not compared."""
+    def extra(case):
+        stages = reference_adapter(case)
+        stages["layer0.query.prob"] = stages["layer0.content.prob"]
+        return stages
+
+    (result,) = validate(extra, golden[:1])
+    assert result.passed
+
+
+def test_the_report_shows_what_still_agrees_after_the_first_departure(capsys):
+    """One bug must not hide another: after the first departure, the later stages that still agree,
+    those that fail too, and every other failing case's first departure are listed."""
+    assert main(["--against", "mutant:tanh_gelu", "--golden", str(DEFAULT_DIR), "--brief"]) == 1
+    out = capsys.readouterr().out
+    assert "First departure from the reference: case 'one_stream', stage 'layer0.content_ff_out'" in out
+    agree = next(line for line in out.splitlines() if "Later stages of this case that still agree" in line)
+    assert "layer1.k_r" in agree  # positional keys do not depend on the feed-forward
+    assert "Later stages of this case that fail too" in out
+    assert "First departure in each other failing case: segments_padding at layer0.content_ff_out" in out
+
+
+def test_traceback_flag_shows_the_adapters_exception(tmp_path, capsys):
+    (tmp_path / "crash.py").write_text("def helper():\n    raise KeyError('the weight I forgot')\n"
+                                       "def run(case):\n    helper()\n")
+    args = ["--against", f"{tmp_path / 'crash.py'}:run", "--golden", str(DEFAULT_DIR), "--case", "one_stream"]
+    assert main(args) == 1
+    assert "Traceback" not in capsys.readouterr().out
+    assert main(args + ["--traceback"]) == 1
+    out = capsys.readouterr().out
+    assert "Traceback (most recent call last)" in out and "in helper" in out and "the weight I forgot" in out
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("import no_such_package_xyz\ndef run(case): pass\n", "ModuleNotFoundError"),
+    ("def run(case) pass\n", "SyntaxError"),
+    ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import"),
+])
+def test_an_adapter_that_does_not_import_is_a_one_line_usage_error(tmp_path, capsys, source, expected):
+    (tmp_path / "broken.py").write_text(source)
+    assert main(["--against", f"{tmp_path / 'broken.py'}:run", "--golden", str(DEFAULT_DIR)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not import" in err[0] and expected in err[0]
+    assert main(["--against", "no_such_module_xyz:run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "module 'no_such_module_xyz' does not import" in err[0]
+
+
+def test_length_first_layouts_and_broadcast_masks(golden):
+    """--layout length_first: every stage in the original code's layout ([i, b, m], [i, j, b, n], ...)
+    passes; masks broadcast over the batch ([1, i, j]) are expanded; the batch-first reading fails."""
+    from xlnet_ref.validation.compare import length_first_layout
+
+    def length_first(case):
+        out = {}
+        two_stream = "target_mapping" in case.inputs
+        for name, t in reference_adapter(case).items():
+            axes = stage_layout(name, two_stream=two_stream).split()
+            if "b" in axes and t.dim() == len(axes):
+                lf = length_first_layout(" ".join(axes)).split()
+                t = t.permute([axes.index(a) for a in lf])
+            out[name] = t
+        return out
+
+    cases = [c for c in golden if c.name in ("two_stream", "memory", "bi_data_batch4")]
+    assert first_departure(validate(length_first, cases, length_first=True)) is None
+    assert first_departure(validate(length_first, cases)) is not None
+
+    def broadcast_mask(case):
+        stages = reference_adapter(case)
+        stages["attn_mask"] = stages["attn_mask"][:1]  # the same mask for every row: [1, i, j]
+        return stages
+
+    (one,) = validate(broadcast_mask, golden[:1])  # no data mask: the same for every row
+    assert one.passed
+    (padded,) = validate(broadcast_mask, [c for c in golden if c.name == "segments_padding"])
+    assert padded.first_failure.stage == "attn_mask"  # row 1's padding differs from row 0's
+
+
+def test_the_worst_error_is_located():
+    e = torch.zeros(2, 2, 3, 4)  # [b, n, i, j]
+    a = e.clone()
+    a[1, 0, 2, 3] = 1.0
+    r = compare_stage("layer0.content.ac", e, a, **TOL)
+    assert r.failed and r.where == "worst at batch row 1, head 0, query position 2, key 3"
+
+
+# --- the stage recorder --------------------------------------------------------------------------------
+
+
+def test_stage_recorder_tags_calls_with_their_module():
+    from torch import nn
+
+    from xlnet_ref.validation.recorder import StageRecorder, gradient_stages
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 3))
+            self.proj = nn.Linear(3, 3)
+
+        def forward(self, x):
+            s = torch.einsum("bi,ij->bj", x, self.w)
+            s = s @ self.w.T
+            return torch.softmax(self.proj(s), dim=-1)
+
+    model = nn.Sequential(Attn(), Attn())
+    x = torch.randn(2, 3)
+    with StageRecorder(model) as rec:
+        y = model(x)
+    assert torch.equal(rec.output("1"), y) and torch.equal(rec.input("1"), rec.output("0"))
+    (first,) = rec.calls("0", "einsum:bi, ij->bj")  # spaces in the equation do not matter
+    assert torch.allclose(first, x @ model[0].w)
+    assert len(rec.calls("1", "matmul")) == 1 and len(rec.calls("1", "softmax")) == 1
+    assert rec.calls("0.proj", "einsum") == []  # the Linear's own call is not an einsum
+    with torch.no_grad():
+        model(x)  # outside the block nothing more is recorded
+    assert len(rec.outputs["0"]) == 1
+    grads = gradient_stages(y.sum(), dict(model.named_parameters()), word_emb=rec.output("0"))
+    assert set(grads) == {f"grad.{n}" for n, _ in model.named_parameters()} | {"grad.word_emb"}
+    assert torch.allclose(grads["grad.1.w"], torch.autograd.grad(model(x).sum(), model[1].w)[0])
+    with pytest.raises(ValueError, match="module: expected one of the modules that ran"):
+        rec.output("2")
+
+
+def test_a_non_array_stage_is_a_crash_not_a_refusal(golden):
+    """Returning something that is not a tensor is an adapter bug: on a case the reference refuses it
+    must not count as a (TypeError) refusal."""
+    (result,) = validate(lambda case: {"logits": "not an array"}, odd_batch(golden))
+    assert result.first_failure.stage == "input_check" and "crashed instead of refusing" in result.first_failure.note

@@ -1,8 +1,8 @@
-"""Entry point: ``python -m xlnet_ref.golden`` runs :func:`xlnet_ref.validation.golden.main`."""
+"""Entry point: ``python -m xlnet_ref.golden`` runs :func:`xlnet_ref.validation.cli.golden_main`."""
 
 import sys
 
-from .validation.golden import main
+from .validation.cli import golden_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
-"""Entry point: ``python -m xlnet_ref.validate`` runs :func:`xlnet_ref.validation.validate.main`."""
+"""Entry point: ``python -m xlnet_ref.validate`` runs :func:`xlnet_ref.validation.cli.validate_main`."""
 
 import sys
 
-from .validation.validate import main
+from .validation.cli import validate_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,16 @@
 """Checking another XLNet implementation against this one, stage by stage.
 
-    golden.py    the built-in cases and the golden files in golden/  (python -m xlnet_ref.golden)
-    validate.py  reference stages, adapters, comparison, report      (python -m xlnet_ref.validate)
-    mutants.py   known bugs of XLNet implementations, for testing the validator
+Each module imports only the ones above it in this list (no circles):
+
+    stages.py              stage names, layouts (axis letters) and meanings       (plain Python)
+    compare.py             the comparison rule and golden/compare.py's CLI       (numpy + safetensors only)
+    cases.py               the golden set: tiny configs, weights and inputs (SPECS, expected_stage_names)
+    reference.py           the reference's stages (forward and gradients) and reference_adapter
+    mutants.py             known bugs of XLNet implementations, for testing the validator
+    recorder.py            StageRecorder: capture a PyTorch model's stages by hooks and einsum/matmul calls
+    transformers_adapter.py  transformers' XLNet as an adapter (--against hf)
+    adapters.py            running an adapter: the refusal rule, memory gradients, loading --against
+    golden.py              the golden files: write, read and check them                (python -m xlnet_ref.golden)
+    validate.py            judging each case, the report, check_reproduction
+    cli.py                 the command lines                                          (python -m xlnet_ref.validate)
 """

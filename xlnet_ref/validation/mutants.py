@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import attention, feed_forward, permutation
 from .. import model as model_module
+from .reference import build_reference, reference_outputs
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,34 @@ def _loss_mask_on_averaged_loss(logits, target_ids, target_weights):
     return (loss * w).sum() / w.sum()  # = loss
 
 
+class _GeluWrongBackward(torch.autograd.Function):
+    r"""Exact GELU forward, x \Phi(x); backward \Phi(x) only: the x \phi(x) term of the derivative is lost."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return feed_forward.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        cdf = 0.5 * (1.0 + torch.erf(x / 2**0.5))  # Phi(x)
+        return grad_out * cdf  # the right one is grad_out * (Phi(x) + x phi(x))
+
+
+@contextlib.contextmanager
+def _gelu_wrong_backward(model):
+    ffs = [layer.ff for layer in model.transformer.layer]
+    activations = [ff.activation for ff in ffs]
+    try:
+        for ff in ffs:
+            ff.activation = _GeluWrongBackward.apply
+        yield
+    finally:
+        for ff, act in zip(ffs, activations):
+            ff.activation = act
+
+
 def _bi_data_always_off(qlen, klen, *, bi_data, **kwargs):
     return _REAL_POSITIONS(qlen, klen, bi_data=False, **kwargs)
 
@@ -209,21 +238,21 @@ MUTANTS = {m.name: m for m in [
     Mutant("float16_mask_1e30", "masking by subtracting 1e30 in float16 (becomes inf: -inf scores, nan rows)",
            "float16_padding", "layer0.content.score",
            lambda m: mock.patch.object(attention, "mask_value", lambda dtype: 1e30)),
+    Mutant("gelu_wrong_backward", "a hand-written GELU whose backward drops the x phi(x) term (forward exact)",
+           "gradients", "grad.transformer.layer.1.ff.layer_1.weight", _gelu_wrong_backward),
 ]}
 
 
 def mutant_adapter(name: str) -> Callable:
-    """An adapter (validate.py) that runs the reference with one bug in."""
+    """An adapter (``case -> {stage: tensor}``, see adapters.py) that runs the reference with one bug in."""
     if name not in MUTANTS:
         raise ValueError(f"mutant: expected one of {sorted(MUTANTS)}, got {name!r}")
     mutant = MUTANTS[name]
 
     def adapter(case):
-        from .validate import build_reference, reference_stages
-
         model = build_reference(case)
         with mutant.inject(model):
-            return reference_stages(model, case.inputs)
+            return reference_outputs(model, case)
 
     adapter.__name__ = f"mutant_{name}"
     return adapter
