@@ -25,7 +25,10 @@ import tempfile
 from pathlib import Path
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-TEMPORARY_PATTERN = re.compile(r"^\.(checkpoint-\d+\.(tmp|old)|history\.json\.tmp)-(\d+)?")
+# what a save in flight leaves: checkpoint.py's temporary and replaced folders, atomic_write_text's file;
+# group 1 is the writer's pid (absent in temporary folders of before the pid was added)
+TEMPORARY_PATTERNS = (re.compile(r"^\.checkpoint-\d+\.tmp-(?:(\d+)-)?"), re.compile(r"^\.checkpoint-\d+\.old-(\d+)$"),
+                      re.compile(r"^\.history\.json\.tmp-(\d+)$"))
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -78,10 +81,10 @@ def remove_stale_temporaries(folder: Path) -> list[str]:
     if not folder.is_dir():
         return removed
     for p in sorted(folder.iterdir()):
-        match = TEMPORARY_PATTERN.match(p.name)
+        match = next((m for m in (pattern.match(p.name) for pattern in TEMPORARY_PATTERNS) if m), None)
         if not match:
             continue
-        pid = match.group(3)
+        pid = match.group(1)
         if pid is not None and _alive(int(pid)):
             continue  # another live process may be writing it
         if p.is_dir():
