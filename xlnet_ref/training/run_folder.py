@@ -103,6 +103,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(f"writing {str(path)!r} failed ({err.strerror or err}); the previous file "
+                      "is kept") from err
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -647,7 +647,7 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
                 log(line)
         if out_dir is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0) or step == end):
             last_checkpoint = save(step)
-        if stop.signal is not None:
+        if stop.signal is not None and step < end:  # (on the last step the run is complete: just finish)
             bar.close()
             if out_dir is not None and (last_checkpoint is None or run_folder.checkpoint_step(last_checkpoint) != step):
                 last_checkpoint = save(step)
