@@ -135,7 +135,7 @@ class RelativeAttention(nn.Module):
         score = sum(terms.values()) * self.scale  # [b, n, i, j]
         if mask is not None:
             # set, not subtract: score - 65500 overflows to -inf in float16 (see the module docstring)
-            score = score.masked_fill(mask[:, None].bool(), -mask_value(score.dtype))
+            score = score.masked_fill(mask[:, None].bool(), score.new_tensor(-mask_value(score.dtype)))
         prob = torch.softmax(score, dim=-1)
         if trace is not None:
             trace.update(terms, score=score, prob=prob)
@@ -191,7 +191,7 @@ def attention_naive(
                         s = s + (q + r_s_bias[n]) @ attn.seg_embed[int(seg_diff[bb, i, j]), n]
                     s = s * attn.scale
                     if mask is not None and bool(mask[bb if mask.shape[0] > 1 else 0, i, j]):
-                        s = torch.full_like(s, -mask_value(s.dtype))
+                        s = s.new_tensor(-mask_value(s.dtype))
                     scores.append(s)
                 prob = torch.softmax(torch.stack(scores), dim=0)
                 v = cat[bb] @ attn.v[:, n]  # [j, d]
