@@ -264,6 +264,18 @@ def test_leftovers_of_a_killed_save_are_removed_on_the_next_start(stopped):
                                                                 "history.json"]
 
 
+def test_a_checkpoint_left_only_as_old_is_renamed_back(tmp_path):
+    """A kill between moving checkpoint-N aside and moving the new one in must not lose checkpoint-N."""
+    from xlnet_ref.training.run_folder import remove_stale_temporaries
+
+    (tmp_path / ".checkpoint-0000005.old-4194999").mkdir()
+    (tmp_path / ".checkpoint-0000005.old-4194999" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / ".checkpoint-0000005.tmp-4194999-x1y2").mkdir()
+    done = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0000005"] and len(done) == 2
+    assert (tmp_path / "checkpoint-0000005" / "model.safetensors").read_bytes() == b"weights"
+
+
 def test_history_json_is_never_left_half_written(stopped, monkeypatch):
     history = stopped.parent / "history.json"
     before = json.loads(history.read_text())

@@ -76,7 +76,11 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: Path) -> list[str]:
-    """Delete what a killed save left behind in ``folder``; returns the names removed."""
+    """Delete what a killed save left behind in ``folder``; returns what was done, one line per entry.
+
+    One exception: a kill between the two renames of checkpoint._commit_folder leaves the previous
+    checkpoint only as ``.checkpoint-N.old-<pid>``; with no ``checkpoint-N`` beside it, it is renamed back.
+    """
     removed = []
     if not folder.is_dir():
         return removed
@@ -87,6 +91,11 @@ def remove_stale_temporaries(folder: Path) -> list[str]:
         pid = match.group(1)
         if pid is not None and _alive(int(pid)):
             continue  # another live process may be writing it
+        final = folder / p.name[1:].split(".old-")[0]
+        if ".old-" in p.name and p.is_dir() and not final.exists():
+            os.replace(p, final)
+            removed.append(f"{p.name} (renamed back to {final.name})")
+            continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

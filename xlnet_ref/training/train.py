@@ -26,6 +26,10 @@ Repeatability: ``seed`` fixes the initial weights and dropout (torch's global RN
 (its own torch.Generator) and the evaluation data (another one). A checkpoint stores every RNG state,
 the optimizer, the scheduler, the memory and the data position, so stopping after N steps and resuming
 for M gives bit-for-bit the weights of N + M steps in one go on a CPU.
+
+Safety: checkpoints are checksummed, cross-checked and written atomically (checkpoint.py); the run
+folder is checked before the first step, never mixed with another run, and tidied after a kill
+(run_folder.py); SIGINT/SIGTERM finish the step, save and say how to resume (interrupt.py).
 """
 
 from __future__ import annotations
