@@ -189,6 +189,23 @@ def test_a_signal_in_a_step_finishes_it_and_saves(corpus_file, tmp_path, signum)
     assert [r["step"] for r in resumed.history if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
+def test_a_second_signal_or_one_before_the_loop_stops_at_once():
+    from xlnet_ref.training.interrupt import StopRequests
+
+    with StopRequests() as stop:
+        with pytest.raises(KeyboardInterrupt, match="before the first training step"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs in the main thread at the next bytecode
+        stop.armed = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGINT  # recorded, nothing raised: the step goes on
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_in_the_cli_saves_and_exits_130(tmp_path):
     """The real thing: a subprocess running the CLI gets SIGINT a moment after training starts."""
     signum = signal.SIGINT

@@ -596,6 +596,7 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
     if folder is not None:
         folder.clear_foreign(log)  # only with overwrite; plan_run_folder refused them otherwise
     last_checkpoint = None
+    stop.armed = True  # from here a signal finishes the next step and saves (interrupt.py)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"training {config.name}: {n_params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} x "
         f"{config.seq_len} tokens, {data.train_tokens.numel()} training tokens, device {device}"
@@ -616,7 +617,6 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
     model.train()
     bar = tqdm(total=end, initial=step, disable=not progress, desc=config.name, dynamic_ncols=True, leave=True)
     tokens_per_batch = config.batch_size * config.seq_len
-    stop.armed = True  # from here a signal finishes the step and saves (interrupt.py)
     while step < end:
         t0 = time.perf_counter()
         batch, new_epoch = batches.next()
