@@ -154,8 +154,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_model(tmp_path)
 
     (tmp_path / "config.json").write_text('{"format": "xlnet_ref", "format_ver')
+    with pytest.raises(CheckpointError, match=r"config.json' is corrupt: \d+ bytes, manifest.json recorded"):
+        load_model(tmp_path)  # the checksum check comes first
     with pytest.raises(CheckpointError) as err:
-        load_model(tmp_path)
+        load_model(tmp_path, verify=False)  # and without it the JSON parser still names the file
     assert "config.json" in str(err.value) and "corrupt" in str(err.value) and "JSON" in str(err.value)
 
 
@@ -200,3 +202,40 @@ def test_a_transformers_folder_is_not_mistaken_for_ours(tmp_path):
         load_model(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["d_model"] == CFG["d_model"]
+
+
+def test_every_file_is_checksummed_and_a_changed_byte_is_refused(tmp_path):
+    save_model(tmp_path, model=make_lm())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["config.json", "model.safetensors"]
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10  # inside the last tensor's data: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors' is corrupt: its SHA-256 differs"):
+        load_model(tmp_path)
+    load_model(tmp_path, verify=False)  # an edit on purpose still loads
+    (tmp_path / "manifest.json").write_text('{"files": {"config.js')
+    with pytest.raises(CheckpointError, match=r"manifest.json' is corrupt"):
+        load_model(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=r"manifest.json' is missing.*verify=False"):
+        load_model(tmp_path)
+
+
+def test_a_failed_write_keeps_the_old_folder_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    import errno
+
+    from xlnet_ref.training import checkpoint as ckpt
+
+    save_model(tmp_path / "m", model=make_lm(seed=0))
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_st_save_model", full_disk)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"writing '.*m' failed \(No space left on device\)"):
+        save_model(tmp_path / "m", model=make_lm(seed=1))
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

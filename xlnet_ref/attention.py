@@ -11,8 +11,13 @@ For query i and key j (keys over [memory | current segment]):
 (Transformer-XL Sec. 3.3; XLNet Sec. 2.5.) :math:`q_i = W_q x_i` comes from the stream's own input
 (h for the content stream, g for the query stream); :math:`k_j = W_{k,E}\,[\text{mem};h]_j` and
 :math:`v_j` from memory and the content stream; :math:`u, v, b` are ``r_w_bias``, ``r_r_bias``,
-``r_s_bias``. There are no projection biases. Masked keys get 1e30 subtracted (65500 in float16), so
-that a fully masked row stays finite (uniform) instead of NaN. Then softmax over j, dropout,
+``r_s_bias``. There are no projection biases. Masked scores are set to -1e30 (-65500 in float16), so
+that a fully masked row stays finite (uniform) instead of NaN. transformers subtracts 1e30 instead;
+in float32 and bfloat16 that gives exactly -1e30 too (a score is far below 1e30's rounding step), but
+in float16 ``score - 65500`` overflows to -inf for any score below -4, and a fully masked row of
+-inf is NaN after the softmax. Setting the value (``masked_fill``) cannot overflow whatever the
+weights' scale; on every row that is not fully masked the probabilities are the same either way
+(masked keys get exactly 0). Then softmax over j, dropout,
 :math:`\sum_j p_{ij} v_j`, the output projection :math:`W_o`, dropout, residual and post-LayerNorm.
 
 Axis letters: b batch, i query, j key, r distance (rows of the positional table), p table half
@@ -31,7 +36,7 @@ from .segments import segment_term
 
 
 def mask_value(dtype: torch.dtype) -> float:
-    """The number subtracted from masked scores: 1e30, or 65500 where float16 cannot hold 1e30."""
+    """Masked scores are set to minus this: 1e30, or 65500 where float16 cannot hold 1e30."""
     return 65500.0 if dtype == torch.float16 else 1e30
 
 
@@ -124,11 +129,13 @@ class RelativeAttention(nn.Module):
         trace: dict | None = None,
         **score_kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """softmax((ac + bd + ef) / sqrt(d) - 1e30 * mask) @ V  ->  (attn_vec [b, i, n, d], prob [b, n, i, j])."""
+        """softmax((ac + bd + ef) / sqrt(d), with masked scores set to -1e30) @ V
+        ->  (attn_vec [b, i, n, d], prob [b, n, i, j])."""
         terms = self.scores(q, k_h, k_r, trace=trace, **score_kwargs)
         score = sum(terms.values()) * self.scale  # [b, n, i, j]
         if mask is not None:
-            score = score - mask_value(score.dtype) * mask[:, None].to(score.dtype)
+            # set, not subtract: score - 65500 overflows to -inf in float16 (see the module docstring)
+            score = score.masked_fill(mask[:, None].bool(), score.new_tensor(-mask_value(score.dtype)))
         prob = torch.softmax(score, dim=-1)
         if trace is not None:
             trace.update(terms, score=score, prob=prob)
@@ -184,7 +191,7 @@ def attention_naive(
                         s = s + (q + r_s_bias[n]) @ attn.seg_embed[int(seg_diff[bb, i, j]), n]
                     s = s * attn.scale
                     if mask is not None and bool(mask[bb if mask.shape[0] > 1 else 0, i, j]):
-                        s = s - mask_value(s.dtype)
+                        s = s.new_tensor(-mask_value(s.dtype))
                     scores.append(s)
                 prob = torch.softmax(torch.stack(scores), dim=0)
                 v = cat[bb] @ attn.v[:, n]  # [j, d]

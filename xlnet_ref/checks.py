@@ -36,6 +36,23 @@ def check_integer(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected an integer tensor (torch.long), got dtype {t.dtype}")
 
 
+# nn.Embedding looks up int64 and int32 ids only; narrower types (uint8 in particular, which torch
+# would treat as a boolean mask when indexing) are refused here rather than deep inside the lookup.
+ID_DTYPES = (torch.long, torch.int32)
+
+
+def check_token_ids(name: str, t: torch.Tensor) -> None:
+    check_integer(name, t)
+    if t.dtype not in ID_DTYPES:
+        raise ValueError(f"{name}: expected token ids of dtype torch.long (or torch.int32), got dtype {t.dtype}")
+
+
+def check_device(name: str, t: torch.Tensor, device: torch.device | None) -> None:
+    """t must live on the model's device (the meta device, another GPU or the CPU would fail later)."""
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on the model's device {device}, got a tensor on {t.device}")
+
+
 def check_inputs(
     config,
     *,
@@ -46,13 +63,28 @@ def check_inputs(
     perm_mask,
     target_mapping,
     mems,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> None:
-    """Check every forward argument against the config and against input_ids' [b, i] shape."""
+    """Check every forward argument against the config and against input_ids' [b, i] shape.
+
+    dtype, device: the model's parameters' (None: not checked). Every tensor must be on ``device``;
+    mems must have ``dtype`` (outside autocast), because the memory is concatenated with h.
+
+    mems are batch-first, [b, mlen, m] per layer. transformers' mems are [mlen, b, m]: when mlen
+    equals the batch size the two layouts have the same shape and cannot be told apart here, so
+    convert them with :func:`xlnet_ref.interop.mems_from_hf`, never by hand.
+    """
     check_tensor("input_ids", input_ids, shape=[None, None], axes="batch, seq_len")
-    check_integer("input_ids", input_ids)
+    check_token_ids("input_ids", input_ids)
+    check_device("input_ids", input_ids, device)
     b, qlen = input_ids.shape
     if b == 0 or qlen == 0:
         raise ValueError(f"input_ids: expected at least one row and one position, got shape {_shape(input_ids)}")
+    for name, t in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask), ("input_mask", input_mask),
+                    ("perm_mask", perm_mask), ("target_mapping", target_mapping)):
+        if isinstance(t, torch.Tensor):
+            check_device(name, t, device)
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= config.vocab_size:
         bad = lo if lo < 0 else hi
@@ -105,6 +137,10 @@ def check_inputs(
             check_tensor(name, mem, shape=[b, None, config.d_model], axes="batch, mem_len, d_model (batch-first)")
             if not mem.dtype.is_floating_point:
                 raise ValueError(f"{name}: expected a floating-point tensor, got dtype {mem.dtype}")
+            check_device(name, mem, device)
+            if dtype is not None and mem.dtype != dtype and not torch.is_autocast_enabled(mem.device.type):
+                raise ValueError(f"{name}: expected the model's dtype {dtype} (the memory is concatenated with h), "
+                                 f"got dtype {mem.dtype}")
             if mlen is None:
                 mlen = mem.shape[1]
             elif mem.shape[1] != mlen:

@@ -3,6 +3,8 @@
 - ``from_hf(XLNetModel | XLNetLMHeadModel)`` -> our ``XLNetModel`` | ``XLNetLMHeadModel``, same weights.
 - ``to_hf(ours)`` -> transformers' model of the matching class, same weights.
 - ``mems_from_hf`` / ``mems_to_hf``: transformers keeps memory length-first [mlen, b, m], we batch-first.
+  Always convert with these: when mlen equals the batch size both layouts have the same shape, so a
+  memory passed in the wrong layout cannot be detected and silently gives wrong outputs.
 
 Names are the same on both sides except u, v and the segment bias: transformers stores a copy in
 every layer (``layer.N.rel_attn.r_w_bias`` [n, d]); we keep them on the backbone, stacked [n_layer, n, d]
@@ -144,7 +146,10 @@ def to_hf(model):
 
 
 def mems_from_hf(mems):
-    """transformers' mems ([mlen, b, m] per layer) -> ours ([b, mlen, m])."""
+    """transformers' mems ([mlen, b, m] per layer) -> ours ([b, mlen, m]).
+
+    The only supported way to pass transformers' memory to our model: when mlen equals the batch size
+    the two layouts have the same shape, so the model cannot detect a memory that was not converted."""
     return None if mems is None else [m.transpose(0, 1) for m in mems]
 
 

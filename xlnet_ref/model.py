@@ -14,7 +14,9 @@ and the segment bias: they live on the backbone as ``r_w_bias``, ``r_r_bias``, `
 leading [n_layer] axis when untie_r is True, or one shared [n, d] set when untie_r is False (the
 original code's layout). interop.py moves them to and from transformers' per-layer copies.
 
-All tensors are batch-first: input_ids [b, i], mems [b, mlen, m] (transformers' mems are [mlen, b, m]).
+All tensors are batch-first: input_ids [b, i], mems [b, mlen, m]. transformers' mems are [mlen, b, m];
+when mlen equals the batch size the shapes agree and a wrong layout cannot be detected, so convert
+them only with ``xlnet_ref.interop.mems_from_hf`` / ``mems_to_hf``.
 """
 
 from __future__ import annotations
@@ -121,7 +123,15 @@ class XLNetModel(nn.Module):
         """input_ids [b, i]; token_type_ids [b, i]; attention_mask [b, i] (1 = real token) or input_mask
         [b, i] (1 = padding); perm_mask [b, i, j] (1 = i may NOT attend to j); target_mapping [b, k, j]
         (one-hot rows: the k-th prediction is at position j; zero rows = padding targets); mems: n_layer
-        tensors [b, mlen, m]. trace: a dict to fill with every intermediate stage (validate.py)."""
+        tensors [b, mlen, m] in the model's dtype, on its device. trace: a dict to fill with every
+        intermediate stage (validate.py).
+
+        input_ids must be torch.long (or int32). Every tensor must be on the model's device.
+
+        mems are BATCH-FIRST. transformers' mems are [mlen, b, m]: when mlen equals the batch size
+        both layouts have the same shape, so a transposed memory cannot be detected and silently
+        gives wrong outputs. Convert transformers' mems with ``xlnet_ref.interop.mems_from_hf``
+        (and back with ``mems_to_hf``), never by hand."""
         cfg = self.config
         check_inputs(
             cfg,
@@ -132,6 +142,8 @@ class XLNetModel(nn.Module):
             perm_mask=perm_mask,
             target_mapping=target_mapping,
             mems=mems,
+            dtype=self.word_embedding.weight.dtype,
+            device=self.word_embedding.weight.device,
         )
         b, qlen = input_ids.shape
         mlen = mems[0].shape[1] if mems is not None else 0

@@ -11,11 +11,21 @@ A checkpoint is a folder:
     rng.safetensors          RNG states: torch CPU, every CUDA device, and named torch.Generators
     mems.safetensors         the memory carried to the next batch, one [b, mlen, m] tensor per layer
     xlnet_ref_tokenizer.json (+ spiece.model)  the tokenizer, when one is given
+    manifest.json            the SHA-256 and size of every other file, written last
 
 ``save_model``/``load_model`` use the first two only (weights to share); ``save_checkpoint``/
 ``load_checkpoint`` add the training state that an exact resume needs: with the optimizer, the
 scheduler, every RNG and the memory restored, N steps + resume + M steps give the same weights, bit
 for bit on a CPU, as N + M steps in one go.
+
+Integrity: every load first checks each file against ``manifest.json`` (a changed byte anywhere, a
+truncated or a missing file is refused, naming the file); ``verify=False`` skips this for a folder
+edited on purpose. Independently of the manifest, every safetensors file of ``save_checkpoint``
+records the step in its own metadata, and the loader refuses a file whose step differs from
+``training_state.json``'s. Writing is atomic: the files go into a hidden temporary sibling folder,
+are flushed to disk, and the folder is renamed into place in one step, so a crash (or a full disk)
+while saving leaves the previous checkpoint as it was and never a half-written one under the final
+name; a failed write removes the temporary folder and raises :class:`CheckpointWriteError` naming it.
 
 Every failure names the file and says what was expected: a missing file, a file that is not valid
 safetensors / JSON (corrupt or truncated), or a saved config that does not match the model (each field
@@ -27,6 +37,7 @@ with the expected and the found value).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +47,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model as _st_load_model, save_file, save_model as _st_save_model
 
 from ..config import XLNetConfig
@@ -48,11 +60,84 @@ STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 MEMS_FILE = "mems.safetensors"
+MANIFEST_FILE = "manifest.json"
 MODEL_CLASSES = ("XLNetLMHeadModel", "XLNetModel")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, incomplete, or made for a different model."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (a full disk, a folder that cannot be written); nothing was replaced."""
+
+
+# ------------------------------------------------------------------------------------- checksums
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """SHA-256 and size of every file in ``folder`` (the manifest itself excepted), written last."""
+    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                    "algorithm": "sha256", "files": files}, indent=2) + "\n")
+
+
+def verify_checkpoint(directory: str | Path, names: list[str] | None = None) -> None:
+    """Check files of a checkpoint folder against its manifest.json: each must exist, have the recorded
+    size and SHA-256. names: only these files (those the manifest lists); None: every listed file.
+
+    Raises CheckpointError naming the first file that differs, is missing, or a manifest that is
+    missing or unreadable (pass ``verify=False`` to the loaders to skip this for a deliberate edit).
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint: {str(directory)!r} is not a folder; expected a checkpoint folder")
+        if (directory / CONFIG_FILE).is_file():
+            read_config(directory)  # a transformers folder (or another format) is named as such first
+        raise CheckpointError(f"{str(path)!r} is missing: the checksums of this checkpoint's files cannot be checked "
+                              "(a folder written before checksums existed, or a damaged one); load it with verify=False "
+                              "(--no-verify) if you trust it")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v and "bytes" in v
+                                                  for v in files.values()):
+            raise TypeError("files: expected {name: {sha256, bytes}}")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{str(path)!r} is corrupt: expected JSON with the checksum of every file ({err})") from None
+    for name in (names if names is not None else sorted(files)):
+        if name not in files:
+            continue  # an optional file this checkpoint does not have; its loader says if it is needed
+        file = directory / name
+        if not file.is_file():
+            raise FileNotFoundError(f"checkpoint: {str(file)!r} is missing, but {MANIFEST_FILE} lists it (the checkpoint "
+                                    "is incomplete)")
+        size, recorded = file.stat().st_size, files[name]
+        if size != recorded["bytes"]:
+            raise CheckpointError(f"{str(file)!r} is corrupt: {size} bytes, {MANIFEST_FILE} recorded {recorded['bytes']} "
+                                  "when it was written (truncated or changed)")
+        if file_sha256(file) != recorded["sha256"]:
+            raise CheckpointError(f"{str(file)!r} is corrupt: its SHA-256 differs from the one {MANIFEST_FILE} recorded "
+                                  "when it was written (a changed byte); load with verify=False (--no-verify) only "
+                                  "if you edited it on purpose")
+
+
+def _safetensors_step(path: Path) -> str | None:
+    """The step a safetensors file of save_checkpoint recorded in its own metadata (None: not recorded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("step")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}") from None
 
 
 @dataclass
@@ -165,10 +250,27 @@ def _atomic_folder(directory: Path):
     """A temporary sibling folder to write into; _commit_folder moves it into place in one rename, so a
     crash while saving never leaves a half-written checkpoint under the final name."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    # the pid in the name lets a later run tell a dead process's leftover from a live one's (run_folder.py)
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
+
+
+def _flush_to_disk(folder: Path) -> None:
+    """fsync every file and the folder, so that the rename below never publishes unwritten data."""
+    for p in folder.iterdir():
+        if not p.is_file():
+            continue
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _commit_folder(tmp: Path, directory: Path) -> None:
+    _write_manifest(tmp)
+    _flush_to_disk(tmp)
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.replace(directory, old)
@@ -178,33 +280,46 @@ def _commit_folder(tmp: Path, directory: Path) -> None:
         os.replace(tmp, directory)
 
 
-def _write_model_files(folder: Path, model: torch.nn.Module) -> None:
+def _write_failed(directory: Path, err: OSError) -> CheckpointWriteError:
+    reason = err.strerror or str(err)
+    return CheckpointWriteError(f"checkpoint: writing {str(directory)!r} failed ({reason}); nothing was replaced "
+                                "(an earlier checkpoint is kept) and the partial folder was removed")
+
+
+def _write_model_files(folder: Path, model: torch.nn.Module, *, step: int | None = None) -> None:
     name = type(model).__name__
     if name not in MODEL_CLASSES or not isinstance(getattr(model, "config", None), XLNetConfig):
         raise ValueError(f"model: expected an xlnet_ref XLNetLMHeadModel or XLNetModel, got {name}")
     _write_json(folder / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                        "model_class": name, "config": model.config.to_dict()})
     # save_model (not save_file) because lm_loss.weight IS word_embedding.weight: it writes one copy
-    _st_save_model(model, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
+    metadata = {"format": FORMAT} if step is None else {"format": FORMAT, "step": str(step)}
+    _st_save_model(model, str(folder / WEIGHTS_FILE), metadata=metadata)
 
 
 def save_model(directory: str | Path, *, model: torch.nn.Module, tokenizer=None) -> Path:
     """Write config.json + model.safetensors (+ the tokenizer) into ``directory``; returns it."""
     directory = Path(directory)
-    tmp = _atomic_folder(directory)
     try:
-        _write_model_files(tmp, model)
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        _commit_folder(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = _atomic_folder(directory)
+        try:
+            _write_model_files(tmp, model)
+            if tokenizer is not None:
+                tokenizer.save(tmp)
+            _commit_folder(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:
+        raise _write_failed(directory, err) from err
     return directory
 
 
-def load_weights(directory: str | Path, *, model: torch.nn.Module) -> None:
-    """Load a checkpoint's weights into ``model`` in place, after checking that the configs agree."""
+def load_weights(directory: str | Path, *, model: torch.nn.Module, verify: bool = True) -> None:
+    """Load a checkpoint's weights into ``model`` in place, after checking the files' checksums
+    (verify=False: skip) and that the configs agree."""
     directory = Path(directory)
+    if verify:
+        verify_checkpoint(directory, [CONFIG_FILE, WEIGHTS_FILE])
     model_class, saved_config = read_config(directory)
     if type(model).__name__ != model_class:
         raise CheckpointError(f"{str(directory / CONFIG_FILE)!r}: model_class: the model is a {type(model).__name__}, "
@@ -225,13 +340,15 @@ def load_weights(directory: str | Path, *, model: torch.nn.Module) -> None:
         raise CheckpointError(f"{str(path)!r}: expected exactly the model's tensors; missing {missing}, unexpected {unexpected}")
 
 
-def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> torch.nn.Module:
     """Build the model that config.json describes and load model.safetensors into it (eval mode)."""
     from .. import model as model_module
 
+    if verify:
+        verify_checkpoint(directory, [CONFIG_FILE, WEIGHTS_FILE])
     model_class, config = read_config(directory)
     model = getattr(model_module, model_class)(config).to(device)
-    load_weights(directory, model=model)
+    load_weights(directory, model=model, verify=False)
     return model.eval()
 
 
@@ -252,7 +369,12 @@ def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> d
 
 def restore_rng_state(states: dict[str, torch.Tensor], generators: dict[str, torch.Generator] | None = None) -> None:
     """Put back what capture_rng_state took; a named generator absent from ``states`` is an error."""
-    torch.set_rng_state(states["torch.cpu"])
+    if "torch.cpu" not in states:
+        raise CheckpointError(f"rng: expected the CPU RNG state 'torch.cpu' in {RNG_FILE}, it has {sorted(states)}")
+    try:
+        torch.set_rng_state(states["torch.cpu"])
+    except (RuntimeError, TypeError) as err:
+        raise CheckpointError(f"rng: the CPU RNG state in {RNG_FILE} is not a valid state ({err})") from None
     cuda = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in states.items() if k.startswith("torch.cuda."))
     if cuda and torch.cuda.is_available():
         if len(cuda) != torch.cuda.device_count():
@@ -312,32 +434,41 @@ def save_checkpoint(
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"save_checkpoint: step: expected an int >= 0, got {step!r}")
     directory = Path(directory)
-    tmp = _atomic_folder(directory)
+    meta = {"format": FORMAT, "step": str(step)}  # each file's own record of the step, cross-checked on load
     try:
-        _write_model_files(tmp, model)
-        state = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "extra": extra or {},
-                 "has_optimizer": optimizer is not None, "has_mems": mems is not None}
-        if optimizer is not None:
-            state["optimizer"], tensors = _optimizer_to_files(optimizer)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
-        if scheduler is not None:
-            state["scheduler"] = scheduler.state_dict()
-        if rng is not None:
-            save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / RNG_FILE))
-        if mems is not None:
-            save_file({f"mems.{i}": m.detach().to("cpu").contiguous() for i, m in enumerate(mems)}, str(tmp / MEMS_FILE))
-        _write_json(tmp / STATE_FILE, state)
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        _commit_folder(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = _atomic_folder(directory)
+        try:
+            _write_model_files(tmp, model, step=step)
+            state = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "extra": extra or {},
+                     "has_optimizer": optimizer is not None, "has_rng": rng is not None, "has_mems": mems is not None,
+                     "n_mems": None if mems is None else len(mems)}
+            if optimizer is not None:
+                state["optimizer"], tensors = _optimizer_to_files(optimizer)
+                save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=meta)
+            if scheduler is not None:
+                state["scheduler"] = scheduler.state_dict()
+            if rng is not None:
+                save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / RNG_FILE), metadata=meta)
+            if mems is not None:
+                save_file({f"mems.{i}": m.detach().to("cpu").contiguous() for i, m in enumerate(mems)},
+                          str(tmp / MEMS_FILE), metadata=meta)
+            _write_json(tmp / STATE_FILE, state)
+            if tokenizer is not None:
+                tokenizer.save(tmp)
+            _commit_folder(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:
+        raise _write_failed(directory, err) from err
     return directory
 
 
-def read_training_state(directory: str | Path) -> dict:
-    """training_state.json of a checkpoint folder (step, extra, ...), without loading any tensor."""
+def read_training_state(directory: str | Path, *, verify: bool = True) -> dict:
+    """training_state.json of a checkpoint folder (step, extra, ...), without loading any tensor
+    (its checksum checked against manifest.json unless verify=False)."""
     path = Path(directory) / STATE_FILE
+    if verify and path.is_file():
+        verify_checkpoint(directory, [STATE_FILE])
     state = _read_json(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("step"), int):
         raise CheckpointError(f"{str(path)!r}: expected an {FORMAT} training state with an int 'step'")
@@ -350,9 +481,12 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
+    verify: bool = True,
 ) -> TrainingState:
     """Load weights (+ optimizer, scheduler) in place; return step, extra, RNG states and mems.
 
+    verify: first check every file against manifest.json (False: skip, for a folder edited on purpose).
+    Either way, the step each safetensors file recorded must equal training_state.json's.
     The RNG states are returned, not applied: the caller decides when (see restore_rng_state), because
     building the model or the data after loading would otherwise draw from the restored RNG.
     """
@@ -360,8 +494,19 @@ def load_checkpoint(
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint: {str(directory)!r} is not a folder; expected a checkpoint folder "
                                 f"holding {CONFIG_FILE}, {WEIGHTS_FILE} and {STATE_FILE}")
-    state = read_training_state(directory)
-    load_weights(directory, model=model)
+    if verify and (directory / STATE_FILE).is_file():
+        verify_checkpoint(directory)
+    state = read_training_state(directory, verify=False)
+    step = state["step"]
+    for name, present in ((WEIGHTS_FILE, True), (OPTIMIZER_FILE, state.get("has_optimizer")),
+                          (RNG_FILE, state.get("has_rng")), (MEMS_FILE, state.get("has_mems"))):
+        if present:
+            _require(directory / name)
+            recorded = _safetensors_step(directory / name)
+            if recorded is not None and recorded != str(step):
+                raise CheckpointError(f"{str(directory / name)!r} was written at step {recorded}, but {STATE_FILE} says "
+                                      f"step {step}: the files do not belong together (an edited or mixed checkpoint)")
+    load_weights(directory, model=model, verify=False)
     device = next(model.parameters()).device
     if optimizer is not None:
         if not state.get("has_optimizer"):
@@ -375,11 +520,17 @@ def load_checkpoint(
         if "scheduler" not in state:
             raise CheckpointError(f"{str(directory)!r}: a scheduler was given but the checkpoint holds no scheduler state")
         scheduler.load_state_dict(state["scheduler"])
-    rng = _read_safetensors(directory / RNG_FILE) if (directory / RNG_FILE).exists() else {}
+    # has_rng is absent in checkpoints of before the manifest: there an rng file was optional
+    rng = _read_safetensors(directory / RNG_FILE) if state.get("has_rng", (directory / RNG_FILE).exists()) else {}
     mems = None
     if state.get("has_mems"):
         saved = _read_safetensors(directory / MEMS_FILE)
-        mems = [saved[f"mems.{i}"].to(device) for i in range(len(saved))]
+        n = state.get("n_mems", len(saved))
+        expected = [f"mems.{i}" for i in range(n)]
+        if sorted(saved) != sorted(expected):
+            raise CheckpointError(f"{str(directory / MEMS_FILE)!r} is corrupt: expected the tensors {expected} "
+                                  f"(one per layer), it holds {sorted(saved)}")
+        mems = [saved[name].to(device) for name in expected]
     return TrainingState(step=state["step"], extra=state.get("extra", {}), rng=rng, mems=mems)
 
 
@@ -399,7 +550,7 @@ def export_hf(source, out_dir: str | Path, *, tokenizer=None) -> Path:
 
             tokenizer = load_tokenizer(source)
         source = load_model(source)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir)  # (the CLI checks that it can be written before training: run_folder.check_writable)
     hf = to_hf(source)  # copies tensor by tensor onto a new CPU model; ``source`` is left where it is
     hf.save_pretrained(str(out_dir))
     if tokenizer is not None:

@@ -26,6 +26,10 @@ Repeatability: ``seed`` fixes the initial weights and dropout (torch's global RN
 (its own torch.Generator) and the evaluation data (another one). A checkpoint stores every RNG state,
 the optimizer, the scheduler, the memory and the data position, so stopping after N steps and resuming
 for M gives bit-for-bit the weights of N + M steps in one go on a CPU.
+
+Safety: checkpoints are checksummed, cross-checked and written atomically (checkpoint.py); the run
+folder is checked before the first step, never mixed with another run, and tidied after a kill
+(run_folder.py); SIGINT/SIGTERM finish the step, save and say how to resume (interrupt.py).
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,6 +48,8 @@ from types import MappingProxyType
 import torch
 
 from . import checkpoint as ckpt
+from . import run_folder
+from .interrupt import StopRequests, TrainingInterrupted
 from ..config import XLNetConfig, dataclass_from_dict
 from .corpus import load_corpus, split_corpus
 from ..model import XLNetLMHeadModel
@@ -114,6 +119,10 @@ class TrainConfig:
         for name in ("learning_rate", "adam_epsilon", "clip_norm"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"TrainConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
+        for name, high in (("learning_rate", 1.0), ("adam_epsilon", 1.0), ("clip_norm", 1e6), ("weight_decay", 1.0)):
+            value = getattr(self, name)  # inf passes "> 0"; anything above these is a typo, not a recipe
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= high):
+                raise ValueError(f"TrainConfig.{name}: expected a finite number in [0, {high:g}], got {value!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
         if self.warmup_steps >= self.steps:
@@ -134,7 +143,8 @@ def tiny() -> TrainConfig:
     model = XLNetConfig(vocab_size=260, d_model=128, n_layer=4, n_head=4, d_inner=512, ff_activation="gelu",
                         attn_type="bi", bi_data=False, mem_len=64, reuse_len=32, dropout=0.1)
     return TrainConfig(model=model, name="tiny", seq_len=64, batch_size=16, num_predict=10, steps=400,
-                       learning_rate=1e-3, warmup_steps=40, eval_every=100, eval_batches=4)
+                       learning_rate=1e-3, warmup_steps=40, eval_every=100, eval_batches=4,
+                       checkpoint_every=100)
 
 
 def small() -> TrainConfig:
@@ -171,6 +181,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, ...: no data, or not what this loop supports
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} was asked for, but torch.cuda.is_available() is False on this machine")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -294,9 +306,18 @@ class TrainingBatches:
                 {"data_epoch_start": self.epoch_start_state, "data_now": self.generator.get_state()})
 
     def restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        missing = [k for k in ("data_epoch_start", "data_now") if k not in tensors]
+        if missing or not isinstance(meta, dict) or not {"epoch", "batches_in_epoch"} <= set(meta):
+            raise ckpt.CheckpointError(f"data position: expected {ckpt.RNG_FILE} to hold data_epoch_start and data_now "
+                                       f"and {ckpt.STATE_FILE} extra.data to hold epoch and batches_in_epoch; missing "
+                                       f"{missing or 'part of extra.data'}")
         self.epoch = meta["epoch"]
         self.epoch_start_state = tensors["data_epoch_start"]
-        self.generator.set_state(self.epoch_start_state)
+        try:
+            self.generator.set_state(self.epoch_start_state)
+        except (RuntimeError, TypeError) as err:
+            raise ckpt.CheckpointError(f"data position: data_epoch_start in {ckpt.RNG_FILE} is not a generator state "
+                                       f"({err})") from None
         self.iterator = self.make_iterator(self.generator)
         for _ in range(meta["batches_in_epoch"]):
             if next(self.iterator, None) is None:
@@ -304,8 +325,10 @@ class TrainingBatches:
                                            "an epoch, but the data now has fewer; was the corpus or config changed?")
         self.batches_in_epoch = meta["batches_in_epoch"]
         if not torch.equal(self.generator.get_state(), tensors["data_now"]):
-            raise ckpt.CheckpointError("data position: replaying the epoch did not reach the saved generator state; "
-                                       "the batch pipeline is not deterministic, so the resume would not be exact")
+            raise ckpt.CheckpointError(f"data position: replaying the epoch did not reach the generator state saved in "
+                                       f"{ckpt.RNG_FILE}: that file was altered (its checksum was not checked: "
+                                       "--no-verify?), or the batch pipeline is not deterministic; the resume would "
+                                       "not be exact")
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -398,15 +421,18 @@ class TrainResult:
         return values[-1] if values else None
 
 
-def load_run(checkpoint: str | Path, *, device: str = "cpu") -> TrainResult:
+def load_run(checkpoint: str | Path, *, device: str = "cpu", verify: bool = True) -> TrainResult:
     """A finished (or stopped) run back from its checkpoint: model (eval mode), tokenizer, history, config
-    and the tokenized corpus, e.g. to plot it in a notebook without training again."""
+    and the tokenized corpus, e.g. to plot it in a notebook without training again.
+    verify: check every file against the checkpoint's manifest first."""
     path = latest_checkpoint(checkpoint)
-    state = ckpt.read_training_state(path)
+    if verify:
+        ckpt.verify_checkpoint(path)
+    state = ckpt.read_training_state(path, verify=False)
     config = _saved_train_config(state, path)
     tokenizer = load_tokenizer(path)
     model = XLNetLMHeadModel(config.model).to(resolve_device(device))
-    mems = ckpt.load_checkpoint(path, model=model).mems  # weights in place; optimizer state not needed
+    mems = ckpt.load_checkpoint(path, model=model, verify=False).mems  # weights in place; no optimizer state needed
     return TrainResult(model=model.eval(), tokenizer=tokenizer, history=state["extra"].get("history", []), config=config,
                        checkpoint=path, mems=mems, data=prepare_data(config, tokenizer=tokenizer))
 
@@ -421,8 +447,7 @@ def latest_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if (path / ckpt.STATE_FILE).is_file():
         return path
-    found = sorted(path.glob("checkpoint-*")) if path.is_dir() else []
-    found = [p for p in found if (p / ckpt.STATE_FILE).is_file()]
+    found = [p for p in run_folder.checkpoints_in(path) if (p / ckpt.STATE_FILE).is_file()]
     if not found:
         raise FileNotFoundError(f"resume: {str(path)!r} is neither a checkpoint folder (with {ckpt.STATE_FILE}) nor a run "
                                 f"folder holding checkpoint-* folders; {'it does not exist' if not path.exists() else 'none found'}")
@@ -437,8 +462,25 @@ def _saved_train_config(state: dict, source: Path) -> TrainConfig:
                                    f"{ckpt.STATE_FILE} under extra.train_config ({err!r}); was it written by save_model?") from None
 
 
+def _resolve_corpus(config: TrainConfig) -> TrainConfig:
+    """The corpus as an absolute path: a run resumes from any directory, and compares like with like."""
+    if config.corpus is None:
+        return config
+    return dataclasses.replace(config, corpus=str(Path(config.corpus).expanduser().resolve()))
+
+
+def _cross_check_state(state: ckpt.TrainingState, scheduler, source: Path) -> None:
+    """The step the training state names must agree with the scheduler's count and the history's last row."""
+    trained = [row["step"] for row in state.extra.get("history", []) if row.get("kind") == "train"]
+    found = {"the scheduler's last_epoch": scheduler.last_epoch, "the history's last train step": trained[-1] if trained else 0}
+    bad = {k: v for k, v in found.items() if v != state.step}
+    if bad:
+        raise ckpt.CheckpointError(f"resume from {str(source)!r}: {ckpt.STATE_FILE} says step {state.step}, but "
+                                   + ", ".join(f"{k} is {v}" for k, v in bad.items()) + "; the checkpoint was edited or mixed")
+
+
 def _check_resume_config(config: TrainConfig, saved: TrainConfig, source: Path) -> None:
-    mine, theirs = config.to_dict(), saved.to_dict()
+    mine, theirs = _resolve_corpus(config).to_dict(), _resolve_corpus(saved).to_dict()
     # model fields are compared one by one; vocab_size comes from the tokenizer, which the checkpoint holds
     my_model, their_model = mine.pop("model"), theirs.pop("model")
     my_model["vocab_size"] = their_model["vocab_size"]
@@ -451,7 +493,8 @@ def _check_resume_config(config: TrainConfig, saved: TrainConfig, source: Path) 
 
 
 def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: str | Path | None = None,
-          stop_at: int | None = None, overwrite: bool = False, progress: bool = True, log=print) -> TrainResult:
+          stop_at: int | None = None, overwrite: bool = False, progress: bool = True, log=print,
+          verify: bool = True) -> TrainResult:
     """Pretrain an XLNetLMHeadModel with the permutation LM objective and return the model and its history.
 
     Args:
@@ -460,11 +503,23 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
         resume: a checkpoint folder or a run folder (its latest checkpoint); continues exactly.
         stop_at: stop after this many steps (of ``config.steps``) and checkpoint there, as if interrupted;
             the schedule still runs over ``config.steps``.
-        overwrite: a new run (not a resume) into an ``out_dir`` that already holds checkpoints deletes
-            them first; without it that is an error, so that a finished run is never mixed with a new one.
+        overwrite: ``out_dir`` may hold checkpoints that are not this run's (another run's, or later ones
+            than the checkpoint being resumed): they are deleted before the first step. Without it that is
+            an error (FileExistsError naming them), so that no run is mixed with or overwrites another.
         progress: show a tqdm bar (loss, tokens/s).
         log: where progress lines go (``print``); None = silent.
+        verify: check every file of the resumed checkpoint against its manifest (SHA-256) first.
+
+    On SIGINT (Ctrl-C) or SIGTERM the current step is finished, a checkpoint written (with an
+    ``out_dir``) and :class:`~xlnet_ref.training.interrupt.TrainingInterrupted` raised (run_folder.py
+    and interrupt.py have the folder rules).
     """
+    with StopRequests() as stop:
+        return _train(config, out_dir=out_dir, resume=resume, stop_at=stop_at, overwrite=overwrite, progress=progress,
+                      log=log, verify=verify, stop=stop)
+
+
+def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify, stop: StopRequests) -> TrainResult:
     from tqdm.auto import tqdm
 
     log = log or (lambda *a, **k: None)
@@ -472,7 +527,9 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
     resume_from = latest_checkpoint(resume) if resume is not None else None
     saved_state = None
     if resume_from is not None:
-        saved_state = ckpt.read_training_state(resume_from)
+        if verify:
+            ckpt.verify_checkpoint(resume_from)  # every file, before any is read
+        saved_state = ckpt.read_training_state(resume_from, verify=False)
         saved_config = _saved_train_config(saved_state, resume_from)
         if config is None:
             config = saved_config
@@ -487,6 +544,20 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
         raise ValueError("train: config: expected a TrainConfig (e.g. preset('tiny')) or resume=<checkpoint>, got neither")
     if stop_at is not None and not (isinstance(stop_at, int) and 0 < stop_at <= config.steps):
         raise ValueError(f"train: stop_at: expected an int in [1, steps={config.steps}], got {stop_at!r}")
+    config = _resolve_corpus(config)
+    if saved_state is not None and saved_state["step"] >= (config.steps if stop_at is None else stop_at):
+        limit = f"steps={config.steps}" if stop_at is None else f"stop_at={stop_at}"
+        raise ValueError(f"resume: {str(resume_from)!r} is at step {saved_state['step']}, already at or past {limit}: "
+                         "nothing to train; pass a larger steps (--steps) to train longer")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    folder = None
+    if out_dir is not None:  # before any work: a folder that cannot be written is found now, not at the end
+        run_folder.check_writable(out_dir, what="out_dir (--out)")
+        removed = run_folder.remove_stale_temporaries(out_dir)
+        if removed:
+            log(f"removed leftovers of an interrupted save in {str(out_dir)!r}: {', '.join(removed)}")
+        folder = run_folder.plan_run_folder(out_dir, resume_from=resume_from, overwrite=overwrite,
+                                            resume_step=None if saved_state is None else saved_state["step"])
     device = resolve_device(config.device)
     use_bf16 = config.bf16 and device.type == "cuda"
 
@@ -515,22 +586,17 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
 
     step, history, mems = 0, [], None
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler)
+        state = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, verify=False)
+        _cross_check_state(state, scheduler, resume_from)
         step, history, mems = state.step, state.extra["history"], state.mems
         batches.restore(state.extra["data"], state.rng)
         ckpt.restore_rng_state(state.rng)  # last: nothing after this may draw before step `step`
         log(f"resumed from {resume_from} at step {step}")
 
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and resume_from is None:
-        earlier = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir())
-        if earlier and not overwrite:
-            raise FileExistsError(f"train: out_dir {str(out_dir)!r} already holds checkpoints of a run ({earlier[-1].name}); "
-                                  "expected an empty or new folder: continue it with resume (--resume), or pass "
-                                  "overwrite=True (--overwrite) to start again")
-        for p in earlier:
-            shutil.rmtree(p)
+    if folder is not None:
+        folder.clear_foreign(log)  # only with overwrite; plan_run_folder refused them otherwise
     last_checkpoint = None
+    stop.armed = True  # from here a signal finishes the next step and saves (interrupt.py)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"training {config.name}: {n_params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} x "
         f"{config.seq_len} tokens, {data.train_tokens.numel()} training tokens, device {device}"
@@ -543,10 +609,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
                  "corpus_sha256": data.corpus_sha256}
         ckpt.save_checkpoint(path, model=model, step=at_step, optimizer=optimizer, scheduler=scheduler,
                              rng=ckpt.capture_rng_state() | data_tensors, mems=mems, extra=extra, tokenizer=tokenizer)
-        (out_dir / "history.json").write_text(json.dumps(history) + "\n")
-        old = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p != path)
-        for p in old[: max(0, len(old) - max(0, config.keep_checkpoints - 1))]:
-            shutil.rmtree(p)
+        run_folder.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
+        folder.wrote(path, keep=config.keep_checkpoints)  # rotates this run's checkpoints only
         return path
 
     end = config.steps if stop_at is None else stop_at
@@ -587,6 +651,14 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
                 log(line)
         if out_dir is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0) or step == end):
             last_checkpoint = save(step)
+        if stop.signal is not None and step < end:  # (on the last step the run is complete: just finish)
+            bar.close()
+            if out_dir is not None and (last_checkpoint is None or run_folder.checkpoint_step(last_checkpoint) != step):
+                last_checkpoint = save(step)
+            where = (f"checkpoint {last_checkpoint}; resume with: python -m xlnet_ref.train --resume {out_dir}"
+                     if out_dir is not None else "nothing saved (no out_dir)")
+            raise TrainingInterrupted(f"interrupted by {stop.name} after step {step} of {config.steps}: {where}",
+                                      step=step, checkpoint=last_checkpoint, signum=stop.signal)
     bar.close()
     model.eval()
     return TrainResult(model=model, tokenizer=tokenizer, history=history, config=config, checkpoint=last_checkpoint,
@@ -619,7 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder for checkpoints and history.json (default runs/<preset>)")
     p.add_argument("--resume", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("--stop-at", type=int, help="stop after this many steps as if interrupted (resume later)")
-    p.add_argument("--overwrite", action="store_true", help="start again in an --out folder that holds checkpoints")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete checkpoints in --out that are not this run's (another run's, or later than the one "
+                        "resumed); without it such a folder is refused")
+    p.add_argument("--no-verify", action="store_true",
+                   help="resume without checking the checkpoint's files against their SHA-256 in manifest.json "
+                        "(for a checkpoint edited on purpose)")
     p.add_argument("--export-hf", metavar="DIR", help="at the end, also write a transformers save_pretrained folder")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -638,7 +715,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
         overrides["warmup_steps"] = base.warmup_steps * overrides["steps"] // base.steps
     if args.resume is not None:
         source = latest_checkpoint(args.resume)
-        base = _saved_train_config(ckpt.read_training_state(source), source)
+        base = _saved_train_config(ckpt.read_training_state(source, verify=not args.no_verify), source)
         if args.preset is not None and args.preset != base.name:
             raise ValueError(f"--preset {args.preset}: the checkpoint was trained with preset {base.name!r}")
         return dataclasses.replace(base, **overrides)
@@ -653,9 +730,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
         out = args.out or (None if args.resume else f"runs/{config.name}")
+        if args.export_hf:
+            run_folder.check_writable(args.export_hf, what="--export-hf")
         result = train(config, out_dir=out, resume=args.resume, stop_at=args.stop_at, overwrite=args.overwrite,
-                       progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+                       progress=not args.no_progress, verify=not args.no_verify)
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt as err:
+        print(f"\ninterrupted: {err or 'nothing was saved'}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, FileExistsError, a full disk, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     losses = ", ".join(f"{label} {result.final(key):.3f}" for key, label in
@@ -665,7 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     if args.export_hf:
-        path = ckpt.export_hf(result.model, args.export_hf, tokenizer=result.tokenizer)
+        try:
+            path = ckpt.export_hf(result.model, args.export_hf, tokenizer=result.tokenizer)
+        except OSError as err:
+            print(f"error: --export-hf {args.export_hf!r}: writing failed ({err}); the checkpoint above is complete",
+                  file=sys.stderr)
+            return 2
         print(f"transformers folder: {path} (transformers.XLNetLMHeadModel.from_pretrained({str(path)!r}))")
     return 0
 
