@@ -16,6 +16,9 @@ message reads, for example::
 A *known mistake* is a wrong answer computed on the same case by a deliberately wrong function
 (often one of the mutants of :mod:`xlnet_ref.validation.mutants`); when the student's answer equals
 one of them, its hint is printed. Small tensors are printed whole, large ones summarised.
+
+Functions that check set ``__tracebackhide__ = True``: IPython then leaves their frames out of the
+traceback a student sees, which ends with the message above instead of the graders' internals.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ def compare(
     (hint, wrong answer) pairs when two mistakes share a hint). The first one ``got`` matches is
     named in the message; ``otherwise`` is printed when none matches.
     """
+    __tracebackhide__ = True
     if matches(got, expected, atol=atol, rtol=rtol):
         return
     lines = [f"{name}: wrong on case {case!r}", f"  expected {describe(expected)}", f"  got      {describe(got)}"]
@@ -109,6 +113,7 @@ def compare(
 def compare_value(name: str, got, expected, *, case: str, known_mistakes: dict[str, object] | None = None,
                   otherwise: str = "") -> None:
     """:func:`compare` for plain Python values (numbers, strings, lists): equality, then known mistakes."""
+    __tracebackhide__ = True
     if got == expected:
         return
     lines = [f"{name}: wrong on case {case!r}", f"  got {got!r}"]
@@ -122,6 +127,7 @@ def compare_value(name: str, got, expected, *, case: str, known_mistakes: dict[s
 
 def call(name: str, fn: Callable, *args, case: str, **kwargs):
     """Call the student's function; turn a stub or a crash into feedback that names the case."""
+    __tracebackhide__ = True
     if not callable(fn):
         raise LabCheckFailed(f"{name}: expected a function, got {type(fn).__name__}")
     try:

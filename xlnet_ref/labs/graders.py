@@ -41,6 +41,7 @@ def _mutant_function(mutant: str, module, attribute: str):
 
 def check_sinusoid_table(sinusoid_table) -> None:
     """sinusoid_table(pos_seq [r], d_model) -> R [r, d] = [sin(p w_k) ; cos(p w_k)], w_k = 10000^{-2k/d}."""
+    __tracebackhide__ = True
     name = "sinusoid_table"
     cases = [(torch.arange(5, -3, -1).float(), 8), (torch.arange(12, -12, -1).float(), 16), (torch.tensor([0.0, 100.0]), 4)]
     for pos_seq, d_model in cases:
@@ -110,6 +111,7 @@ def _rel_shift_mistakes(bd: torch.Tensor, klen: int) -> list[tuple[str, torch.Te
 
 
 def _check_rel_shift(name: str, fn, *, batched: bool) -> None:
+    __tracebackhide__ = True
     cases = _rel_shift_cases(batched)
     for case, bd, klen in cases:
         got = call(name, fn, bd.clone(), klen, case=case)
@@ -124,16 +126,19 @@ def _check_rel_shift(name: str, fn, *, batched: bool) -> None:
 
 def check_rel_shift_by_index(rel_shift_by_index) -> None:
     """rel_shift_by_index(bd [qlen, rlen], klen) -> [qlen, klen] by explicit index arithmetic."""
+    __tracebackhide__ = True
     _check_rel_shift("rel_shift_by_index", rel_shift_by_index, batched=False)
 
 
 def check_rel_shift_by_reshape(rel_shift_by_reshape) -> None:
     """rel_shift_by_reshape(bd [..., qlen, rlen], klen) -> [..., qlen, klen] by the reshape trick."""
+    __tracebackhide__ = True
     _check_rel_shift("rel_shift_by_reshape", rel_shift_by_reshape, batched=True)
 
 
 def check_needed_distances(needed_distances) -> None:
     """needed_distances(qlen, mlen) -> the distances (mlen + i) - j some query/key pair uses, largest first."""
+    __tracebackhide__ = True
     name = "needed_distances"
     cases = [(3, 0), (3, 2), (2, 5), (1, 1)]
     for qlen, mlen in cases:
@@ -231,6 +236,7 @@ SCORE_CASES = [(3, 2, 0), (4, 0, 1), (2, 3, 2)]  # (qlen, mlen, seed)
 
 
 def _two_terms(name, fn, first: str, second: str, mistakes) -> None:
+    __tracebackhide__ = True
     for qlen, mlen, seed in SCORE_CASES:
         P = score_case(qlen, mlen, seed=seed)
         case = f"qlen {qlen}, mlen {mlen}, seed {seed}"
@@ -249,6 +255,7 @@ def _two_terms(name, fn, first: str, second: str, mistakes) -> None:
 
 def check_terms_a_c(terms_a_c) -> None:
     """terms_a_c(**P) -> (a, c), each [i, j]: a = q_i . k_j, c = u . k_j, keys over [mem; x]."""
+    __tracebackhide__ = True
     _two_terms("terms_a_c", terms_a_c, "a", "c", [
         ("(c) uses u (r_w_bias), the content bias; v (r_r_bias) belongs to the position term (d)", "c_with_v", "c"),
         ("keys run over [memory; current segment]: klen = mlen + qlen columns, the memory first", "a_no_mem", "a"),
@@ -257,6 +264,7 @@ def check_terms_a_c(terms_a_c) -> None:
 
 def check_terms_b_d(terms_b_d) -> None:
     """terms_b_d(**P) -> (b, d), each [i, j]: b = q_i . W_kR R_{(mlen+i)-j}, d = v . W_kR R_{(mlen+i)-j}."""
+    __tracebackhide__ = True
     _two_terms("terms_b_d", terms_b_d, "b", "d", [
         ("the distance has the wrong sign: R is indexed by (query position) - (key position) = (mlen + i) - j",
          "b_sign", "b"),
@@ -272,6 +280,7 @@ def check_terms_b_d(terms_b_d) -> None:
 
 def check_segment_term(segment_term) -> None:
     """segment_term(**P) -> [i, j]: (q_i + b) . s_ij with s_ij = s_same if seg(i) == seg(j) else s_diff."""
+    __tracebackhide__ = True
     name = "segment_term"
     for qlen, mlen, seed in SCORE_CASES:
         P = score_case(qlen, mlen, seed=seed)
@@ -291,6 +300,7 @@ def check_segment_term(segment_term) -> None:
 
 def check_attention_probabilities(attention_probabilities) -> None:
     """attention_probabilities(**P) -> [i, j] = softmax_j((a + b + c + d + seg) / sqrt(d_head))."""
+    __tracebackhide__ = True
     name = "attention_probabilities"
     for qlen, mlen, seed in SCORE_CASES:
         P = score_case(qlen, mlen, seed=seed)
@@ -325,6 +335,7 @@ def _memory_cases():
 
 def check_cache_memory(cache_memory) -> None:
     """cache_memory(h [b, i, m], prev_mem [b, mlen, m] or None, mem_len, reuse_len) -> new memory."""
+    __tracebackhide__ = True
     name = "cache_memory"
     cases = _memory_cases()
     for case, h, prev, mem_len, reuse_len in cases:
@@ -395,6 +406,7 @@ def _stream_ids(qlen: int, n_segments: int = 5) -> torch.Tensor:
 
 def check_run_stream(run_stream) -> None:
     """run_stream(model, ids [1, T], qlen) -> [1, T, m]: the content stream of every segment, memory carried."""
+    __tracebackhide__ = True
     name = "run_stream"
     for n_layer, mem_len, qlen in REACH_CASES[:2]:
         model = tiny_memory_model(n_layer=n_layer, mem_len=mem_len)
@@ -410,6 +422,7 @@ def check_run_stream(run_stream) -> None:
 
 def check_reach(reach) -> None:
     """reach(model, ids [1, T], qlen) -> int, measured by changing one earlier token at a time."""
+    __tracebackhide__ = True
     name = "reach"
     for n_layer, mem_len, qlen in REACH_CASES:
         model = tiny_memory_model(n_layer=n_layer, mem_len=mem_len)
@@ -429,6 +442,7 @@ def check_reach(reach) -> None:
 
 def check_reach_formula(reach_formula) -> None:
     """reach_formula(n_layer, mem_len, qlen) for mem_len <= qlen: mem_len + (n_layer - 1) * qlen."""
+    __tracebackhide__ = True
     name = "reach_formula"
     configs = REACH_CASES + [(4, 5, 8), (6, 1, 2)]
     for n_layer, mem_len, qlen in configs:
@@ -475,6 +489,7 @@ def _mask_variants(order: torch.Tensor, cut: int) -> dict[str, torch.Tensor]:
 
 
 def _check_mask(name: str, fn, which: str, hints) -> None:
+    __tracebackhide__ = True
     n = 0
     for order, cut in _mask_cases():
         case = f"z = {order.tolist()}, cut c = {cut} (targets {order[cut:].tolist()})"
@@ -501,6 +516,7 @@ CONTEXT_HINT = ("the context z_{<=c} is not predicted: every context position se
 
 def check_query_mask(query_mask) -> None:
     """query_mask(order, cut) -> [T, T] bool, True where the query stream at i may NOT see j (perm_mask)."""
+    __tracebackhide__ = True
     _check_mask("query_mask", query_mask, "query", [
         ("the query stream must not see its own token x_{z_t}, the token it predicts (the mutant "
          "query_stream_sees_itself gives it the content stream's mask)", "content"),
@@ -511,6 +527,7 @@ def check_query_mask(query_mask) -> None:
 
 def check_content_mask(content_mask) -> None:
     """content_mask(order, cut) -> [T, T] bool, True where the content stream at i may NOT see j."""
+    __tracebackhide__ = True
     _check_mask("content_mask", content_mask, "content", [
         ("you masked the content stream's own token: h_{z_t} sees z_{<=t}, itself included (the mutant "
          "content_stream_blind_to_itself gives it the query stream's mask)", "query"),
@@ -522,6 +539,7 @@ def check_content_mask(content_mask) -> None:
 def check_target_mapping(target_mapping) -> None:
     """target_mapping(order, cut, num_predict) -> [num_predict, T]: row k one-hot at the k-th target
     position (increasing positions), then zero rows."""
+    __tracebackhide__ = True
     name = "target_mapping"
     n = 0
     for order, cut in _mask_cases():
@@ -591,6 +609,7 @@ def _query_update(C: dict, *, mask: str = "query", residual: str = "g", scale: b
 
 def check_query_stream_update(query_stream_update) -> None:
     """query_stream_update(attn, h, g, k_r, u, v, perm_mask, target_pos) -> g_new [1, K, m]."""
+    __tracebackhide__ = True
     name = "query_stream_update"
     seeds = [0, 1, 2]
     for seed in seeds:
@@ -655,6 +674,7 @@ def reference_blind_logits(lm, ids: torch.Tensor, context: list[int], target: in
 
 def check_target_aware_logits(target_aware_logits) -> None:
     """target_aware_logits(lm, ids [1, T], context, target) -> [V]: the query stream's logits at target."""
+    __tracebackhide__ = True
     name = "target_aware_logits"
     lm = tiny_lm()
     for ids, context, target in PREDICTION_CASES:
@@ -679,6 +699,7 @@ def check_target_aware_logits(target_aware_logits) -> None:
 def check_target_blind_logits(target_blind_logits) -> None:
     """target_blind_logits(lm, ids, context, target) -> [V]: the content stream at the last context position,
     which is what a standard softmax over h(x_{z<t}) would use; the same for every target."""
+    __tracebackhide__ = True
     name = "target_blind_logits"
     lm = tiny_lm()
     for ids, context, target in PREDICTION_CASES:
@@ -718,6 +739,7 @@ MUTANT_MECHANISM = {
 
 def check_suspect(answers: dict, suspect: str) -> None:
     """answers[suspect] = (first failing case, first failing stage in it, mechanism from MECHANISMS)."""
+    __tracebackhide__ = True
     from .suspects import identity
 
     name = f"suspect {suspect.upper()}"
