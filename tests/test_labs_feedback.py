@@ -162,18 +162,18 @@ def test_target_blind_logits_are_the_same_for_two_targets_and_the_aware_ones_are
 
 
 def test_suspects_are_five_different_mutants_whose_names_the_file_does_not_spell():
-    names = [suspects.identity(k) for k in "abcde"]
+    names = [suspects._identity(k) for k in "abcde"]
     assert len(set(names)) == 5 and set(names) <= set(MUTANTS)
     source = Path(suspects.__file__).read_text()
     assert not any(name in source for name in names)
     with pytest.raises(ValueError, match="suspect: expected one of"):
-        suspects.identity("f")
+        suspects._identity("f")
 
 
 def test_check_suspect_accepts_the_mutants_own_record_and_explains_a_late_stage():
     answers = {}
     for k in "abcde":
-        m = MUTANTS[suspects.identity(k)]
+        m = MUTANTS[suspects._identity(k)]
         answers[k] = (m.expected_case, m.expected_stage, graders.MUTANT_MECHANISM[m.name])
         graders.check_suspect(answers, k)
     case, _, mechanism = answers["a"]

@@ -2,7 +2,9 @@
 
 tests/labs/check_labs.py puts each one into an otherwise correct submission (every other answer cell
 from the instructor's version), autogrades it, and checks that exactly the points of ``loses`` are
-lost and that that cell's feedback contains ``hint``.
+lost and that that cell's feedback contains ``hint``. Wrong answers to different cells of a lab share
+one submission (a kernel start per submission is what costs), so a wrong answer must not call the
+function of another answer cell, unless ``loses`` also names the parts that depend on it.
 '''
 
 from __future__ import annotations
@@ -74,10 +76,14 @@ def segment_term(x, mem, seg, W_q, W_kE, W_kR, u, v, b, s_same, s_diff):
 """, "test_segment_term", "BERT's absolute segment embedding"),
     WrongAnswer("02_attention_score", "attention_probabilities", """\
 def attention_probabilities(x, mem, seg, W_q, W_kE, W_kR, u, v, b, s_same, s_diff):
-    P = dict(x=x, mem=mem, seg=seg, W_q=W_q, W_kE=W_kE, W_kR=W_kR, u=u, v=v, b=b, s_same=s_same, s_diff=s_diff)
-    a, c = terms_a_c(**P)
-    term_b, term_d = terms_b_d(**P)
-    return torch.softmax(a + term_b + c + term_d + segment_term(**P), dim=-1)
+    qlen, mlen, m = x.shape[0], mem.shape[0], x.shape[1]
+    q, k = x @ W_q, torch.cat([mem, x]) @ W_kE
+    i, j = torch.arange(qlen)[:, None], torch.arange(qlen + mlen)[None, :]
+    k_r = R(mlen + i - j, m) @ W_kR
+    key_seg = torch.cat([torch.zeros(mlen, dtype=seg.dtype), seg])
+    s = torch.where((seg[:, None] != key_seg[None, :])[..., None], s_diff, s_same)
+    score = (q + u) @ k.T + torch.einsum("id,ijd->ij", q + v, k_r) + torch.einsum("id,ijd->ij", q + b, s)
+    return torch.softmax(score, dim=-1)
 """, "test_attention_probabilities", "divided by sqrt(d_head)"),
     # --- 03_memory
     WrongAnswer("03_memory", "cache_memory", """\

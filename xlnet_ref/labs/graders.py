@@ -740,7 +740,7 @@ MUTANT_MECHANISM = {
 def check_suspect(answers: dict, suspect: str) -> None:
     """answers[suspect] = (first failing case, first failing stage in it, mechanism from MECHANISMS)."""
     __tracebackhide__ = True
-    from .suspects import identity
+    from .suspects import _identity
 
     name = f"suspect {suspect.upper()}"
     if not isinstance(answers, dict) or suspect not in answers:
@@ -749,7 +749,7 @@ def check_suspect(answers: dict, suspect: str) -> None:
     if not (isinstance(answer, tuple) and len(answer) == 3 and all(isinstance(x, str) for x in answer)):
         raise LabCheckFailed(f"{name}: expected a tuple of three strings (case, stage, mechanism), got {answer!r}")
     case, stage, mechanism = (x.strip() for x in answer)
-    mutant = MUTANTS[identity(suspect)]
+    mutant = MUTANTS[_identity(suspect)]
     problems = []
     if case != mutant.expected_case:
         problems.append(

@@ -5,7 +5,7 @@
 Each suspect is the reference with one of the known bugs of :mod:`xlnet_ref.validation.mutants` put in
 (through :func:`~xlnet_ref.validation.mutants.mutant_adapter`). Which bug is not written here in
 plain text: the suspect stores a fingerprint of the mutant's name, so that reading this file does
-not give the lab's answers away. The graders (and the instructor) resolve it with :func:`identity`.
+not give the lab's answers away. The graders (and the instructor) resolve it with :func:`_identity`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def fingerprint(mutant: str) -> str:
     return hashlib.sha256((SALT + mutant).encode()).hexdigest()[:16]
 
 
-def identity(suspect: str) -> str:
-    """The mutant behind a suspect ('a' .. 'e'), found by matching fingerprints against MUTANTS."""
+def _identity(suspect: str) -> str:
+    """The mutant behind a suspect ('a' .. 'e'), found by matching fingerprints against MUTANTS.
+
+    For the graders and the instructor; a student who calls it skips the lab."""
     key = suspect.lower()
     if key not in FINGERPRINTS:
         raise ValueError(f"suspect: expected one of {sorted(FINGERPRINTS)}, got {suspect!r}")
@@ -41,7 +43,7 @@ def identity(suspect: str) -> str:
 
 def _suspect(key: str):
     def adapter(case):
-        return mutant_adapter(identity(key))(case)
+        return mutant_adapter(_identity(key))(case)
 
     adapter.__name__ = f"suspect_{key}"
     adapter.__doc__ = f"Suspect {key.upper()}: the reference with one hidden bug (an adapter for xlnet_ref.validate)."
