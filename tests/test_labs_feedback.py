@@ -180,3 +180,35 @@ def test_check_suspect_accepts_the_mutants_own_record_and_explains_a_late_stage(
     answers["a"] = (case, "logits", mechanism)
     assert "is not the first failing stage" in failure(lambda a: graders.check_suspect(a, "a"), answers)
     assert "got no entry" in failure(lambda a: graders.check_suspect(a, "a"), {})
+
+
+# --- tests/labs/check_labs.py ---------------------------------------------------------------------------
+
+LABS = Path(__file__).resolve().parents[1] / "notebooks" / "labs"
+
+
+def check_labs_module():
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "labs"))
+    spec = importlib.util.spec_from_file_location("check_labs", Path(__file__).parent / "labs" / "check_labs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_labs_finds_solution_text_and_a_stale_release(tmp_path):
+    import nbformat
+
+    check = check_labs_module()
+    lab = "01_rel_shift"
+    source = nbformat.read(LABS / "source" / lab / f"{lab}.ipynb", 4)
+    release_path = LABS / "release" / lab / f"{lab}.ipynb"
+    release = nbformat.read(release_path, 4)
+    assert check.leaked_solution(source, release) == []
+    assert "return bd.gather(1, column)" in check.leaked_solution(source, source)
+    assert check.release_diff(release_path, release_path) is None
+    release.cells[4].source += "\n# edited by hand"
+    nbformat.write(release, tmp_path / "stale.ipynb")
+    assert "cell 4" in check.release_diff(tmp_path / "stale.ipynb", release_path)
