@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model as _st_load_model, save_file, save_model as _st_save_model
 
 from ..config import XLNetConfig
+from ..heads import HEAD_CLASS_NAMES
 
 FORMAT = "xlnet_ref"
 FORMAT_VERSION = 1
@@ -48,7 +49,7 @@ STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 MEMS_FILE = "mems.safetensors"
-MODEL_CLASSES = ("XLNetLMHeadModel", "XLNetModel")
+MODEL_CLASSES = ("XLNetLMHeadModel", "XLNetModel", *HEAD_CLASS_NAMES)  # heads: fine-tuning checkpoints
 
 
 class CheckpointError(ValueError):
