@@ -75,6 +75,21 @@ def test_span_answers_are_passage_words_found_by_the_question():
         assert "?" in passage_and_question and question.strip()
 
 
+def test_words_labels_mark_the_bytes_that_followed_a_removed_space():
+    from xlnet_ref.training.finetune_data import stdlib_docstrings
+
+    ex = task_examples("words", "held_out", 10)
+    texts = list(stdlib_docstrings().values())
+    for row, labels in zip(ex.input_ids, ex.labels):
+        text_pos = labels != -100
+        squeezed = TOK.decode(row[text_pos])
+        assert " " not in squeezed
+        # put the spaces back where the labels say: the result is a stretch of some docstring
+        spaced = "".join((" " if flag else "") + ch for ch, flag in zip(squeezed, labels[text_pos].tolist())).lstrip()
+        assert any(spaced in t for t in texts), spaced
+        assert (labels[~text_pos] == -100).all() and labels[-1] == -100
+
+
 def test_topic_classes_are_balanced():
     ex = task_examples("topic", "train", 90)
     assert torch.bincount(ex.labels).tolist() == [30, 30, 30]

@@ -18,7 +18,8 @@ seeded by (seed, epoch), so a checkpoint needs only the step, the weights, the o
 and the RNG (dropout) to resume exactly.
 
 Metrics on the held-out documents: accuracy (``next``, ``topic``); exact match and F1 over the answer's
-characters (``span``: the best span of the beam search, start <= end, at most ``max_answer_length``).
+characters (``span``: the best span of the beam search, start <= end, at most ``max_answer_length``);
+F1 of finding the word starts and accuracy over text bytes (``words``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class FinetuneConfig:
     adam_epsilon: float = 1e-6
     clip_norm: float = 1.0
     layer_decay: float = 1.0  # the original's lr_layer_decay_rate; 1.0 = off
+    summary_type: str = "last"  # "last" = XLNet's CLS at the end; "mean", "first" as transformers
     summary_last_dropout: float = 0.1
     max_answer_length: int = 20
     eval_every: int = 50
@@ -126,7 +128,8 @@ def backbone_config(config: FinetuneConfig) -> XLNetConfig:
 
 def head_config(config: FinetuneConfig) -> HeadConfig:
     labels = TASK_LABELS[config.task]
-    return HeadConfig(num_labels=len(labels) if labels else 2, summary_last_dropout=config.summary_last_dropout)
+    return HeadConfig(num_labels=len(labels) if labels else 2, summary_type=config.summary_type,
+                      summary_last_dropout=config.summary_last_dropout)
 
 
 def build_model(config: FinetuneConfig) -> torch.nn.Module:
@@ -186,6 +189,7 @@ def evaluate(model: torch.nn.Module, examples, config: FinetuneConfig, *, batch_
     model.eval()
     device = next(model.parameters()).device
     correct, f1, n = 0.0, 0.0, len(examples)
+    counts = dict.fromkeys(("tp", "fp", "fn", "right", "text"), 0.0)
     for start in range(0, n, batch_size):
         index = torch.arange(start, min(n, start + batch_size))
         kw = {k: v.to(device) for k, v in examples.batch(index).items()}
@@ -197,12 +201,23 @@ def evaluate(model: torch.nn.Module, examples, config: FinetuneConfig, *, batch_
             correct += float(((s == gold_start) & (e == gold_end)).sum())
             f1 += sum(span_f1((a, b), (c, d)) for a, b, c, d in
                       zip(s.tolist(), e.tolist(), gold_start.tolist(), gold_end.tolist()))
+        elif config.task == "words":
+            labels = kw.pop("labels")
+            pred, text = model(**kw).logits.argmax(-1), labels != -100
+            counts["tp"] += float(((pred == 1) & (labels == 1)).sum())
+            counts["fp"] += float(((pred == 1) & (labels == 0)).sum())
+            counts["fn"] += float(((pred == 0) & (labels == 1)).sum())
+            counts["right"] += float(((pred == labels) & text).sum())
+            counts["text"] += float(text.sum())
         else:
             labels = kw.pop("labels")
             correct += float((model(**kw).logits.argmax(-1) == labels).sum())
     model.train(was_training)
     if config.task == "span":
         return {"exact_match": correct / n, "f1": f1 / n}
+    if config.task == "words":  # F1 of finding the word starts; accuracy over text positions
+        f1 = 2 * counts["tp"] / max(1.0, 2 * counts["tp"] + counts["fp"] + counts["fn"])
+        return {"f1": f1, "accuracy": counts["right"] / counts["text"]}
     return {"accuracy": correct / n}
 
 
@@ -356,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xlnet_ref.finetune",
         description="Fine-tune XLNet on a task built from text on this machine (no download): "
-                    "next (is B the text after A?), topic (3-way reference-topic classification), span (extractive QA).",
+                    "next (is B the text after A?), topic (3-way reference-topic classification), span (extractive QA), "
+                    "words (where do words start in text without spaces: token classification).",
         epilog="Examples:\n  python -m xlnet_ref.train --preset tiny --out runs/tiny\n"
                "  python -m xlnet_ref.finetune --task next --from runs/tiny --out runs/ft-next\n"
                "  python -m xlnet_ref.finetune --task next --from scratch --out runs/ft-next-scratch\n"

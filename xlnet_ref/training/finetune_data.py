@@ -1,6 +1,6 @@
 r"""Fine-tuning tasks built from text already on the machine (nothing is downloaded).
 
-Three tasks, one per kind of head, each split into train / held-out **by document** (a document is
+Four tasks, one per kind of head (two sequence-level), each split into train / held-out **by document** (a document is
 wholly on one side: the held-out numbers measure text the fine-tuning never saw):
 
 ``next``  — sentence pair, XLNet's ``[A SEP B SEP CLS]`` (segments 0, 1, CLS 2): is B the text that
@@ -12,6 +12,10 @@ wholly on one side: the held-out numbers measure text the fine-tuning never saw)
             comes from — statements, expressions, or types and the data model (the ``pydoc_data``
             topics, grouped by :data:`TOPIC_GROUPS`); a document is a topic, so the held-out paragraphs
             come from topics the classifier never saw.
+``words`` — a label per byte, ``[x SEP CLS]``: a docstring stretch with its spaces removed
+            (``Returnthenumberofitems``); which bytes start a word (followed a removed space)? Token
+            classification (word segmentation); padding, SEP and CLS are labelled -100 (ignored).
+            Same text and split as ``next``.
 ``span``  — extractive QA ``[passage SEP question SEP CLS]`` (passage 0, question 1, CLS 2): the question
             is the passage's text around one word with the word replaced by ``?`` (e.g. ``the assert ?
             is a``); the answer is that word, a span of the passage. p_mask = 1 outside the passage.
@@ -36,11 +40,13 @@ from pathlib import Path
 
 import torch
 
-TASKS = ("next", "topic", "span")
+TASKS = ("next", "topic", "span", "words")
 TASK_HEADS = {"next": "XLNetForSequenceClassification", "topic": "XLNetForSequenceClassification",
-              "span": "XLNetForQuestionAnswering"}
+              "span": "XLNetForQuestionAnswering", "words": "XLNetForTokenClassification"}
 TASK_LABELS = {"next": ["random B", "B follows A"], "topic": ["statements", "expressions", "types and data model"],
-               "span": None}
+               "span": None, "words": ["inside a word", "starts a word"]}
+IGNORE = -100  # label of positions that are not text (padding, SEP, CLS)
+
 SEG_A, SEG_B, SEG_CLS = 0, 1, 2  # the original's SEG_ID_A / SEG_ID_B / SEG_ID_CLS
 
 # pydoc_data topics by the part of the language reference they document
@@ -69,7 +75,7 @@ class TaskExamples:
     input_ids: torch.Tensor  # [b, i] long, left-padded
     token_type_ids: torch.Tensor  # [b, i] long: 0 A/passage, 1 B/question, 2 CLS (padding 0)
     attention_mask: torch.Tensor  # [b, i] float, 1 = real token
-    labels: torch.Tensor | None = None  # [b] long (next, topic)
+    labels: torch.Tensor | None = None  # [b] long (next, topic); [b, i] (words, -100 = not text)
     start_positions: torch.Tensor | None = None  # [b] long (span): first byte of the answer
     end_positions: torch.Tensor | None = None  # [b] long (span): last byte of the answer (inclusive)
     p_mask: torch.Tensor | None = None  # [b, i] float (span): 1 = cannot be in the answer
@@ -259,6 +265,38 @@ def span_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held
     return _stack("span", split, rows, used, start_positions=starts, end_positions=ends, p_mask=p_masks)
 
 
+def words_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25) -> TaskExamples:
+    """``n`` [x SEP CLS] rows: docstring text without its spaces; labels [b, i]: 1 where a word starts
+    (a space was removed before it), 0 elsewhere in the text, -100 outside the text."""
+    tok = _tokenizer(tokenizer)
+    docs = stdlib_docstrings()
+    names = split_documents(docs, split=split, held_out_fraction=held_out_fraction)
+    length = seq_len - 2
+    rng = random.Random(f"words-{split}")
+    rows, labels, used = [], [], []
+    for _ in range(n):
+        name = rng.choice(names)
+        start = rng.randrange(0, len(docs[name]) - 2 * length)
+        chars, flags, after_space = [], [], False
+        for ch in docs[name][start:]:
+            if len(chars) == length:
+                break
+            if ch == " ":
+                after_space = True
+                continue
+            chars.append(ch)
+            flags.append(int(after_space))
+            after_space = False
+        ids, types, mask, seg_starts = _row([("".join(chars).encode(), SEG_A)], seq_len=seq_len, sep_id=tok.sep_id,
+                                            cls_id=tok.cls_id, pad_id=tok.pad_id)
+        row_labels = [IGNORE] * seq_len
+        row_labels[seg_starts[0]:seg_starts[0] + len(chars)] = flags
+        rows.append((ids, types, mask))
+        labels.append(row_labels)
+        used.append(name)
+    return _stack("words", split, rows, used, labels=labels)
+
+
 def _tokenizer(tokenizer):
     from .tokenizer import ByteTokenizer
 
@@ -269,11 +307,11 @@ def _tokenizer(tokenizer):
     return tokenizer
 
 
-BUILDERS = {"next": next_examples, "topic": topic_examples, "span": span_examples}
+BUILDERS = {"next": next_examples, "topic": topic_examples, "span": span_examples, "words": words_examples}
 
 
 def task_examples(task: str, split: str, n: int, *, seq_len: int = 64, tokenizer=None) -> TaskExamples:
-    """``n`` examples of ``task`` ('next', 'topic' or 'span') from ``split`` ('train' or 'held_out')."""
+    """``n`` examples of ``task`` ('next', 'topic', 'span' or 'words') from ``split`` ('train' or 'held_out')."""
     if task not in BUILDERS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
