@@ -55,12 +55,13 @@ class FinetuneConfig:
     model: XLNetConfig | None = None  # None: the init checkpoint's (or the preset's, from scratch) without memory
     preset: str = "tiny"
     seq_len: int = 64
-    n_train: int = 2000
-    n_eval: int = 600
-    steps: int = 200
-    batch_size: int = 32
-    learning_rate: float = 5e-4
-    warmup_steps: int = 20
+    # defaults = the recipe measured in results/finetune.json (xlnet_ref.experiments.finetune, size full)
+    n_train: int = 1600
+    n_eval: int = 400
+    steps: int = 100
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     adam_epsilon: float = 1e-6
@@ -386,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay (the original's lr_layer_decay_rate)")
-    p.add_argument("--n-train", type=int, help="training examples (default 2000)")
-    p.add_argument("--n-eval", type=int, help="held-out examples (default 600)")
+    p.add_argument("--n-train", type=int, help="training examples (default 1600)")
+    p.add_argument("--n-eval", type=int, help="held-out examples (default 400)")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--checkpoint-every", type=int, help="0 = only at the end")
     p.add_argument("--seed", type=int)
