@@ -171,3 +171,20 @@ def test_cli_runs_writes_metrics_and_refuses_a_used_folder(tmp_path, capsys):
     assert main(args) == 2  # the folder holds a run: refused without --overwrite
     assert "already holds checkpoints" in capsys.readouterr().err
     assert main(["--task", "topic", "--from", str(tmp_path / "missing"), "--no-progress"]) == 2
+
+
+def test_experiment_compares_the_two_arms_on_the_same_head(tmp_path, monkeypatch):
+    """The seeded experiment: pretrains (cached), fine-tunes both arms, one row per seed with every metric."""
+    from xlnet_ref.experiments import finetune as experiment
+
+    monkeypatch.setattr(experiment, "RUNS", tmp_path / "runs")
+    monkeypatch.setitem(experiment.SIZES, "quick", dict(
+        seeds=[0, 1], tasks=("topic",), pretrain_steps=2, pretrain_run="pre",
+        finetune=dict(steps=2, batch_size=8, n_train=16, n_eval=9, learning_rate=1e-3, warmup_steps=1, eval_every=0)))
+    out = experiment.run("quick", write=False, log=None)
+    assert [row["seed"] for row in out["per_seed"]] == [0, 1]
+    assert set(out["per_seed"][0]) == {"seed", "topic/pretrained/accuracy", "topic/scratch/accuracy"}
+    assert out["config"]["pretraining"]["train_config"]["steps"] == 2
+    pre, scratch = out["models"][(0, "topic", "pretrained")], out["models"][(0, "topic", "scratch")]
+    assert pre.config == scratch.config  # same architecture; only the backbone's starting weights differ
+    assert experiment.pretrained_run("quick", log=None).name == "checkpoint-0000002"  # cached, not retrained

@@ -49,6 +49,7 @@ METRIC = {"next": "accuracy", "topic": "accuracy", "span": "exact_match", "words
 
 def pretrained_run(size: str, *, log=print) -> Path:
     """The cached pretraining run for ``size`` (trained now if absent): its latest checkpoint folder."""
+    log = log or (lambda *a, **k: None)
     folder = RUNS / SIZES[size]["pretrain_run"]
     steps = SIZES[size]["pretrain_steps"]
     try:
@@ -110,6 +111,7 @@ def run(size: str = "full", *, write: bool = True, processes: int = 1, log=print
     if size not in SIZES:
         raise ValueError(f"size: expected one of {sorted(SIZES)}, got {size!r}")
     torch.set_num_threads(1)
+    log = log or (lambda *a, **k: None)
     checkpoint = pretrained_run(size, log=log)
     spec = SIZES[size]
     tasks = spec["tasks"]
