@@ -1,6 +1,10 @@
 """Moving weights between xlnet_ref and transformers' XLNet, one tensor at a time, with a shape check each.
 
 - ``from_hf(XLNetModel | XLNetLMHeadModel)`` -> our ``XLNetModel`` | ``XLNetLMHeadModel``, same weights.
+- ``from_hf`` of a task head (``XLNetForSequenceClassification``, ``...TokenClassification``,
+  ``...MultipleChoice``, ``...QuestionAnsweringSimple``, ``...QuestionAnswering``) -> our head of the same
+  name (:mod:`xlnet_ref.heads`), its settings in a ``HeadConfig``; head tensors have the same names on
+  both sides.
 - ``to_hf(ours)`` -> transformers' model of the matching class, same weights.
 - ``mems_from_hf`` / ``mems_to_hf``: transformers keeps memory length-first [mlen, b, m], we batch-first.
   Always convert with these: when mlen equals the batch size both layouts have the same shape, so a
@@ -20,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .config import XLNetConfig
+from .heads import HEADS, HeadConfig
 from .model import XLNetLMHeadModel, XLNetModel
 
 # fields that mean the same on both sides (XLNetConfig uses transformers' names)
@@ -34,10 +39,26 @@ def config_from_hf(hf_config, *, untie_r: bool = True) -> XLNetConfig:
     return XLNetConfig(**{f: getattr(hf_config, f) for f in SHARED_FIELDS}, untie_r=untie_r)
 
 
-def config_to_hf(config: XLNetConfig):
+# HeadConfig fields that transformers' XLNetConfig holds under the same name
+HEAD_FIELDS = ("num_labels", "problem_type", "summary_type", "summary_use_proj", "summary_activation",
+               "summary_first_dropout", "summary_last_dropout", "start_n_top", "end_n_top")
+
+
+def config_to_hf(config: XLNetConfig, head: HeadConfig | None = None):
     from transformers import XLNetConfig as HFConfig
 
-    return HFConfig(**{f: getattr(config, f) for f in SHARED_FIELDS})
+    head_fields = {f: getattr(head, f) for f in HEAD_FIELDS} if head is not None else {}
+    return HFConfig(**{f: getattr(config, f) for f in SHARED_FIELDS}, **head_fields)
+
+
+def head_config_from_hf(hf_config) -> HeadConfig:
+    """transformers' head settings -> HeadConfig (summary_first_dropout is absent there unless set: 0)."""
+    if getattr(hf_config, "summary_proj_to_labels", False):
+        raise ValueError("hf_model.config.summary_proj_to_labels: expected False/absent (XLNet projects the summary "
+                         "to d_model, then logits_proj to the labels), got True")
+    values = {f: getattr(hf_config, f) for f in HEAD_FIELDS if hasattr(hf_config, f)}
+    values["summary_activation"] = values.get("summary_activation") or "linear"  # none given = identity
+    return HeadConfig(**values)
 
 
 def backbone_tensors_in_hf_names(model: XLNetModel) -> dict[str, torch.Tensor]:
@@ -95,18 +116,37 @@ def load_hf_state_dict(model, tensors: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"model: expected xlnet_ref's XLNetModel or XLNetLMHeadModel, got {type(model).__name__}")
 
 
+def _copy_head_tensors(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """Every tensor outside the backbone (``transformer.``), by name: both sides use transformers' names."""
+    dst_params = {k: v for k, v in dst.state_dict().items() if not k.startswith("transformer.")}
+    src_params = {k: v for k, v in src.state_dict().items() if not k.startswith("transformer.")}
+    if dst_params.keys() != src_params.keys():
+        raise ValueError(f"head tensors: expected {sorted(dst_params)}, got {sorted(src_params)}")
+    for name, tensor in dst_params.items():
+        _copy(tensor, src_params[name], name)
+
+
 def from_hf(hf_model, *, untie_r: bool = True):
-    """transformers' XLNetModel -> our XLNetModel; XLNetLMHeadModel -> our XLNetLMHeadModel. Same dtype."""
+    """transformers' XLNetModel -> our XLNetModel; XLNetLMHeadModel -> our XLNetLMHeadModel; a task head
+    (XLNetForSequenceClassification ...) -> our head of the same name. Same weights, same dtype."""
     from transformers import XLNetLMHeadModel as HFLM
     from transformers import XLNetModel as HFModel
 
+    head_class = HEADS.get(type(hf_model).__name__)
+    if head_class is not None and type(hf_model).__module__.startswith("transformers"):
+        ours = head_class(config_from_hf(hf_model.config, untie_r=untie_r), head_config_from_hf(hf_model.config))
+        ours = ours.to(hf_model.transformer.word_embedding.weight.dtype)
+        _load_backbone_from_hf(ours.transformer, hf_model.transformer.state_dict())
+        _copy_head_tensors(ours, hf_model)
+        return ours.train(hf_model.training)
     if isinstance(hf_model, HFLM):
         hf_backbone, is_lm = hf_model.transformer, True
     elif isinstance(hf_model, HFModel):
         hf_backbone, is_lm = hf_model, False
     else:
         raise ValueError(
-            f"hf_model: expected transformers' XLNetModel or XLNetLMHeadModel, got {type(hf_model).__name__}"
+            f"hf_model: expected transformers' XLNetModel, XLNetLMHeadModel or one of {sorted(HEADS)}, "
+            f"got {type(hf_model).__name__}"
         )
     config = config_from_hf(hf_model.config, untie_r=untie_r)
     dtype = hf_backbone.word_embedding.weight.dtype
@@ -121,16 +161,29 @@ def from_hf(hf_model, *, untie_r: bool = True):
 
 
 def to_hf(model):
-    """Our XLNetModel / XLNetLMHeadModel -> transformers' model of the matching class, same weights and dtype."""
+    """Our XLNetModel / XLNetLMHeadModel / task head -> transformers' model of the matching class, same
+    weights and dtype."""
+    import transformers
     from transformers import XLNetLMHeadModel as HFLM
     from transformers import XLNetModel as HFModel
 
+    if isinstance(model, tuple(HEADS.values())):
+        hf_class = getattr(transformers, type(model).__name__)
+        hf = hf_class(config_to_hf(model.config, model.head_config)).to(model.transformer.word_embedding.weight.dtype)
+        hf_params = hf.transformer.state_dict()
+        for name, tensor in backbone_tensors_in_hf_names(model.transformer).items():
+            if name not in hf_params:
+                raise ValueError(f"to_hf: transformers' model has no tensor named {name!r}")
+            _copy(hf_params[name], tensor, name)
+        _copy_head_tensors(hf, model)
+        return hf.train(model.training)
     if isinstance(model, XLNetLMHeadModel):
         backbone, hf_class = model.transformer, HFLM
     elif isinstance(model, XLNetModel):
         backbone, hf_class = model, HFModel
     else:
-        raise ValueError(f"model: expected xlnet_ref's XLNetModel or XLNetLMHeadModel, got {type(model).__name__}")
+        raise ValueError(f"model: expected xlnet_ref's XLNetModel, XLNetLMHeadModel or one of {sorted(HEADS)}, "
+                         f"got {type(model).__name__}")
     dtype = backbone.word_embedding.weight.dtype
     hf = hf_class(config_to_hf(model.config)).to(dtype)
     hf_backbone = hf.transformer if hf_class is HFLM else hf

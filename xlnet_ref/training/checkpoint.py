@@ -51,6 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model as _st_load_model, save_file, save_model as _st_save_model
 
 from ..config import XLNetConfig
+from ..heads import HEAD_CLASS_NAMES
 
 FORMAT = "xlnet_ref"
 FORMAT_VERSION = 1
@@ -61,7 +62,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 MEMS_FILE = "mems.safetensors"
 MANIFEST_FILE = "manifest.json"
-MODEL_CLASSES = ("XLNetLMHeadModel", "XLNetModel")
+MODEL_CLASSES = ("XLNetLMHeadModel", "XLNetModel", *HEAD_CLASS_NAMES)  # heads: fine-tuning checkpoints
 
 
 class CheckpointError(ValueError):
