@@ -1,6 +1,6 @@
 r"""Synthetic tasks with a known answer, for the notebooks' checked claims.
 
-The copy-from-the-previous-segment task (notebook 02). A stream is cut into segments of ``seg_len``
+The copy-from-the-previous-segment task (notebook 01). A stream is cut into segments of ``seg_len``
 random tokens; at every position of segment :math:`\tau + 1` the label is the token at the *same*
 position of segment :math:`\tau`. The tokens of a segment are independent of its labels, so a model
 that sees one segment at a time can do no better than chance (loss :math:`\ln V`). A model with
