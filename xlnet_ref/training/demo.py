@@ -55,6 +55,7 @@ def make_figures(result, figures_dir: str | Path) -> list[Path]:
         plot_two_stream_attention,
         save_figure,
         token_labels,
+        uniform_memory_mass,
     )
 
     figures_dir = Path(figures_dir)
@@ -75,7 +76,8 @@ def make_figures(result, figures_dir: str | Path) -> list[Path]:
     paths.append(save_figure(fig, figures_dir / "two_stream_attention.png"))
 
     mass = memory_attention_mass(attentions, mlen=mlen)
-    fig = plot_memory_attention(mass, mlen=mlen, qlen=cfg.seq_len,
+    uniform = uniform_memory_mass(batch.perm_mask, batch.target_mapping, mlen=mlen)  # baseline from the masks
+    fig = plot_memory_attention(mass, mlen=mlen, qlen=cfg.seq_len, uniform=uniform,
                                 title=f"Attention mass on the {mlen}-token memory (held-out batch, preset {cfg.name!r})")
     paths.append(save_figure(fig, figures_dir / "memory_attention.png"))
     return paths
