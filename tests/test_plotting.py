@@ -192,3 +192,36 @@ def test_save_figure_writes_at_least_150_dpi(tmp_path):
     path = plotting.save_figure(fig, tmp_path / "f.png")
     with Image.open(path) as image:
         assert min(image.info["dpi"]) >= 149.9
+
+
+# --------------------------------------------------------------------------- source next to the equation
+def test_show_source_prints_the_named_lines_with_their_file_line_numbers():
+    import inspect
+
+    from xlnet_ref.segments import segment_term
+
+    text = plotting.show_source(segment_term, start="ef = torch.einsum", stop="return torch.where")
+    header, *body = text.splitlines()
+    assert header.startswith("xlnet_ref/segments.py, lines ")
+    lines, first = inspect.getsourcelines(segment_term)
+    number = int(body[0].split()[0])
+    assert lines[number - first].strip() == body[0].split(maxsplit=1)[1].strip() and "einsum" in body[0]
+    assert "return torch.where" in body[-1] and len(body) == 2
+    with pytest.raises(ValueError, match="start"):
+        plotting.show_source(segment_term, start="no such line")
+
+
+# --------------------------------------------------------------------------- two-stream schematic
+def test_draw_two_streams_marks_what_each_stream_sees():
+    from xlnet_ref.drawing.diagrams import draw_two_streams
+
+    axes = draw_two_streams(order=(3, 2, 4, 1), t=3)
+    content, query = (ax.get_title() for ax in axes)
+    assert content.endswith("positions 3, 2, 4")  # z_{<=3}: itself included
+    assert query.endswith("positions 3, 2")  # z_{<3}: not itself
+    crosses = [[t for t in ax.texts if t.get_text() == "×"] for ax in axes]
+    assert len(crosses[0]) == 1 and len(crosses[1]) == 2  # x_1 hidden from both; x_4 from g only
+    with pytest.raises(ValueError, match="order"):
+        draw_two_streams(order=(1, 2, 2))
+    with pytest.raises(ValueError, match="t"):
+        draw_two_streams(t=0)

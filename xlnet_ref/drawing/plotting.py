@@ -446,3 +446,32 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def show_source(obj, *, start: str | None = None, stop: str | None = None) -> str:
+    """The lines of xlnet_ref that compute something, for a notebook to print next to its equation.
+
+    obj: a function, class or method; start / stop: substrings of the first and last line to show
+    (default: the whole definition). Returns ``"<file>, lines a-b:"`` and the lines, numbered as in the
+    file, so that the reader can open the file at that place.
+    """
+    import inspect
+
+    lines, first = inspect.getsourcelines(obj)
+    lo, hi = 0, len(lines) - 1
+    if start is not None:
+        found = [n for n, line in enumerate(lines) if start in line]
+        if not found:
+            raise ValueError(f"show_source: start: expected a substring of a line of {obj.__qualname__}, got {start!r}")
+        lo = found[0]
+    if stop is not None:
+        found = [n for n, line in enumerate(lines) if stop in line and n >= lo]
+        if not found:
+            raise ValueError(f"show_source: stop: expected a substring of a line of {obj.__qualname__} "
+                             f"after start, got {stop!r}")
+        hi = found[0]
+    path = Path(inspect.getsourcefile(obj)).resolve()
+    package = Path(__file__).resolve().parents[2]  # the repository root
+    shown = path.relative_to(package) if path.is_relative_to(package) else path
+    body = "".join(f"{first + n:4d}  {lines[n]}" for n in range(lo, hi + 1))
+    return f"{shown}, lines {first + lo}-{first + hi}:\n{body}"
