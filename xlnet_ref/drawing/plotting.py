@@ -423,7 +423,8 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
         if first is not None:
             ax.plot(first[0], first[1], "o", ms=13, mfc="none", mec="#c53030", mew=1.6)
             ax.annotate(f"first departure: {first[2]}", (first[0], first[1]), xytext=(8, -14),
-                        textcoords="offset points", fontsize=9, color="#c53030")
+                        textcoords="offset points", fontsize=9, color="#c53030",
+                        bbox=dict(fc="white", ec="none", alpha=0.85, pad=1), zorder=1.5)  # under the lines
         ax.axhline(tol, color="#c53030", ls="--", lw=1, label=f"tolerance {tol:g}")
         ax.set_yscale("log")
         ax.set_ylim(floor / 5, 10)
@@ -434,7 +435,13 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
         for layer in layers[1:]:
             start = min(x for (l, _), x in slots.items() if l == layer)
             ax.axvline(start - 0.5, color="0.6", lw=0.8)
-    axes[0, 0].legend(fontsize=8, loc="upper left", ncol=2, framealpha=0.9)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[1:, 0]:  # a stream that appears only in a later run still gets its entry
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
+    fig.legend(handles, names, loc="outside lower center", ncol=4, fontsize=9, frameon=False)  # off the data
     bottom = axes[-1, 0]
     ordered = sorted(slots.items(), key=lambda item: item[1])
     bottom.set_xticks([x for _, x in ordered], [kind for (_, kind), _ in ordered], rotation=90, fontsize=8)
