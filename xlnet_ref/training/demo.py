@@ -83,6 +83,19 @@ def make_figures(result, figures_dir: str | Path) -> list[Path]:
     return paths
 
 
+def count_model_baselines(result, orders=(1, 2, 3)) -> dict[int, float]:
+    """Held-out loss of the Kneser-Ney count models of these orders (trained on the run's training tokens),
+    on exactly the targets of the run's held-out left-to-right loss: {order: nats/token}."""
+    from .baselines import NGramModel, held_out_ngram_loss
+
+    data, config = result.data, result.config
+    batches = held_out_batches(config, data)  # the very batches evaluate() scored (their own fixed generator)
+    return {n: held_out_ngram_loss(NGramModel(data.train_tokens, order=n, vocab_size=config.model.vocab_size), batches,
+                                   reuse_len=config.model.reuse_len, sep_id=data.tokenizer.sep_id,
+                                   cls_id=data.tokenizer.cls_id)
+            for n in orders}
+
+
 def note_threads() -> None:
     """On a CPU that other processes keep busy, torch's worker threads wait on each other and a step can
     take 10x longer; one thread then is the faster choice. Say so, and choose it, only in that case."""
@@ -131,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{config.num_predict} targets per window")
     result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
     paths = make_figures(result, args.figures)
+    count_model_losses = count_model_baselines(result)
 
     uniform = math.log(result.config.model.vocab_size)
     train_losses = [r["loss"] for r in result.history if r["kind"] == "train"]
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
           f"uniform guess = ln {result.config.model.vocab_size} = {uniform:.3f}")
     print(f"  held-out PLM loss (random factorization orders): {result.final('eval_plm_loss'):.3f} nats/token")
     print(f"  held-out left-to-right loss (z = identity):      {result.final('eval_l2r_loss'):.3f} nats/token")
+    for order, name in ((2, "bigram"), (1, "unigram"), (3, "trigram")):
+        print(f"  {name} count model, same held-out text: {count_model_losses[order]:.3f} nats/token")
     print(f"checkpoint: {result.checkpoint}  (resume: python -m xlnet_ref.train --resume {args.out})")
     print("figures:")
     for p in paths:
