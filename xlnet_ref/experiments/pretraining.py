@@ -69,7 +69,7 @@ OBJECTIVES = ("plm", "ar")
 # Overrides of preset("tiny"): full = none (the demo recipe); quick = a smaller model, fewer steps.
 CONFIGS = {
     "full": dict(train={}, model={}),
-    "quick": dict(train=dict(steps=120, warmup_steps=12, batch_size=8, eval_every=0, eval_batches=4),
+    "quick": dict(train=dict(steps=300, warmup_steps=30, batch_size=16),
                   model=dict(d_model=64, n_layer=2, n_head=4, d_inner=256)),
 }
 
