@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     first, last = sum(train_losses[:10]) / 10, sum(train_losses[-10:]) / 10
     print()
     print(f"training took {result.seconds:.0f} s ({result.config.steps} steps); whole demo {time.perf_counter() - start:.0f} s")
-    print(f"  train PLM loss (mean of 10 steps, with dropout): {first:.3f} (first) -> {last:.3f} (last); "
+    dropout = f", with dropout {result.config.model.dropout}" if result.config.model.dropout else ""
+    print(f"  train PLM loss (mean of 10 steps{dropout}): {first:.3f} (first) -> {last:.3f} (last); "
           f"uniform guess = ln {result.config.model.vocab_size} = {uniform:.3f}")
     print(f"  held-out PLM loss (random factorization orders): {result.final('eval_plm_loss'):.3f} nats/token")
     print(f"  held-out left-to-right loss (z = identity):      {result.final('eval_l2r_loss'):.3f} nats/token")
