@@ -46,8 +46,9 @@ def attention_example(result):
     return batch, out.attentions, mems[0].shape[1]
 
 
-def make_figures(result, figures_dir: str | Path) -> list[Path]:
-    """The demo's three figures from a finished :func:`xlnet_ref.training.train.train` result."""
+def make_figures(result, figures_dir: str | Path, *, baselines: dict[str, float] | None = None) -> list[Path]:
+    """The demo's three figures from a finished :func:`xlnet_ref.training.train.train` result; ``baselines``
+    (name -> held-out loss, e.g. the count models) are drawn as horizontal lines on the loss curves."""
     from ..drawing.plotting import (
         memory_attention_mass,
         plot_history,
@@ -60,8 +61,8 @@ def make_figures(result, figures_dir: str | Path) -> list[Path]:
 
     figures_dir = Path(figures_dir)
     cfg = result.config
-    paths = [save_figure(plot_history(result.history, title=f"XLNet permutation LM, preset {cfg.name!r}"),
-                         figures_dir / "loss_curves.png")]
+    paths = [save_figure(plot_history(result.history, title=f"XLNet permutation LM, preset {cfg.name!r}",
+                                      baselines=baselines), figures_dir / "loss_curves.png")]
 
     batch, attentions, mlen = attention_example(result)
     b, layer = 0, len(attentions) - 1
@@ -96,6 +97,12 @@ def count_model_baselines(result, orders=(1, 2, 3)) -> dict[int, float]:
             for n in orders}
 
 
+def count_model_lines(losses: dict[int, float]) -> dict[str, float]:
+    """{order: loss} -> {"bigram count model (held-out L2R)": loss, ...}, the loss curves' baseline lines."""
+    names = {1: "unigram", 2: "bigram", 3: "trigram"}
+    return {f"{names.get(n, f'{n}-gram')} count model (held-out L2R)": loss for n, loss in sorted(losses.items())}
+
+
 def note_threads() -> None:
     """On a CPU that other processes keep busy, torch's worker threads wait on each other and a step can
     take 10x longer; one thread then is the faster choice. Say so, and choose it, only in that case."""
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # the demo writes files only: no window, works without a display
     if args.figures_only:
-        for p in make_figures(load_run(args.figures_only), args.figures):
+        run = load_run(args.figures_only)
+        for p in make_figures(run, args.figures, baselines=count_model_lines(count_model_baselines(run))):
             print(p)
         return 0
 
@@ -143,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{config.steps} steps of {config.batch_size} windows x {config.seq_len} tokens, "
           f"{config.num_predict} targets per window")
     result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
-    paths = make_figures(result, args.figures)
     count_model_losses = count_model_baselines(result)
+    paths = make_figures(result, args.figures, baselines=count_model_lines(count_model_losses))
 
     uniform = math.log(result.config.model.vocab_size)
     train_losses = [r["loss"] for r in result.history if r["kind"] == "train"]
