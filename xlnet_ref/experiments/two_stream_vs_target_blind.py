@@ -41,9 +41,14 @@ Per-seed keys (nats per target byte, mean over the targets of the held-out windo
 * ``two_stream/loss``, ``target_blind/loss`` — all targets;
 * ``two_stream/loss_first``, ``target_blind/loss_first`` — the first target of each order (step c+1:
   the most targets still hidden, the blind model is the least sure where it predicts);
-* ``two_stream/loss_last``, ``target_blind/loss_last`` — the last target (one position left hidden:
-  the blind model can tell where it predicts from what it cannot see);
+* ``two_stream/loss_last``, ``target_blind/loss_last`` — the last target (one position left hidden: in
+  principle the blind model could tell where it predicts from what it cannot see; at this budget it
+  does not, its loss_last is no lower than its loss_first);
 * ``unigram/loss`` — the count model on the same targets.
+
+Recorded (results/two_stream_vs_target_blind.json, full size, 3 seeds, mean ± std): two_stream/loss
+2.16 ± 0.05, target_blind/loss 3.15 ± 0.03, unigram/loss 3.26: the trained target-blind model stays
+close to the count model, the query stream is a nat per byte lower.
 
 Run: ``python -m xlnet_ref.experiments.two_stream_vs_target_blind --size full --seeds 0 1 2`` (and ``--size quick``).
 """
