@@ -32,6 +32,13 @@ memory is empty for every arm)
 * ``mem_len=M/loss_end`` — the same over the last quarter (the no-memory model has seen most of the
   segment there too).
 
+Recorded (results/memory_on_text.json, full size, 3 seeds, mean ± std of ``loss``): mem_len 0: 1.80 ± 0.04,
+16: 1.66 ± 0.03, 32: 1.69 ± 0.04, 64: 1.70 ± 0.05 nats/byte. Every memory beats no memory, almost all
+of it at the start of the segment (``loss_start`` 2.12 without memory, 1.66-1.71 with); a memory longer
+than 16 did not help further at this budget (1500 steps), its mean is slightly worse, within about one
+std. The quick size (300 steps) is too short for the memory to pay off: it only checks that a seed
+repeats.
+
 Run: ``python -m xlnet_ref.experiments.memory_on_text --size full --seeds 0 1 2`` (and ``--size quick``).
 Every run uses one CPU thread, so a seed gives the same numbers each time on one machine.
 """
