@@ -15,6 +15,7 @@ over [memory | current segment].
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -90,11 +91,13 @@ def plot_history(history: list[dict], *, axes=None, title: str | None = None,
     ax_loss.set_title(title or "Permutation LM training", fontsize=11)
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    ax_lr.plot(steps, [r["lr"] for r in train_rows], color="tab:purple")
+    lrs = [r["lr"] for r in train_rows]
+    exponent = math.floor(math.log10(max(lrs))) if max(lrs) > 0 else 0  # the scale goes into the label, not
+    ax_lr.plot(steps, [lr / 10 ** exponent for lr in lrs], color="tab:purple")  # into an offset text under the title
     ax_lr.set_xlabel("step")
-    ax_lr.set_title("learning rate:\nwarm-up, linear decay", fontsize=10)
+    ax_lr.set_ylabel(f"learning rate (× 1e{exponent})" if exponent else "learning rate")
+    ax_lr.set_title("warm-up, linear decay", fontsize=10)
     ax_lr.grid(alpha=0.3)
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     return fig
 
 
