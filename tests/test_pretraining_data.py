@@ -15,6 +15,7 @@ import torch
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
 from xlnet_ref.permutation import permutation_masks_naive, plm_loss
 from xlnet_ref.pretraining_data import PLMBatch, plm_batches, sample_span_mask
+from xlnet_ref.training.tokenizer import ByteTokenizer
 
 SEP, CLS = 1, 2
 
@@ -81,6 +82,51 @@ def test_words_mode_masks_whole_words_counted_in_words():
             assert e == 3000 or starts[e]  # ends where the next word begins: whole words
             counts[int(starts[b:e].sum()) - 1] += 1  # length in words
     assert_close_to_distribution(counts, inverse_n(5))
+
+
+ENGLISH = ("The model reads the text in windows and predicts a few of its words from the others, in an "
+           "order drawn at random; the memory carries what it has read on to the next window, so that "
+           "a long document is seen as one piece of text, not as many unrelated parts. ")
+
+
+def english_byte_words(T: int, g: torch.Generator) -> torch.Tensor:
+    """Word starts of T bytes of English text (byte tokens: words of several bytes plus a space)."""
+    words = ENGLISH.split(" ")
+    picked = [words[int(i)] for i in torch.randint(len(words), (T // 3,), generator=g)]
+    ids = " ".join(picked).encode("utf-8")[:T]
+    return ByteTokenizer().word_starts(list(ids))
+
+
+@pytest.mark.parametrize("unit", ["words", "pieces"])
+def test_span_rate_on_byte_text_is_one_seventh_in_either_unit(unit):
+    """Span and context are counted in the same unit, so about beta / (alpha + beta) = 1/7 of the
+    units is chosen; words of equal length on average in spans and context: 1/7 of the bytes as well.
+    (Counting the span in words but the context in bytes chose ~0.35 of the bytes.)"""
+    g = torch.Generator().manual_seed(6)
+    chosen = chosen_words = total = total_words = 0
+    for _ in range(10):
+        starts = english_byte_words(3000, g)
+        mask = sample_span_mask(3000, word_starts=starts, span_unit=unit, generator=g)
+        chosen, total = chosen + int(mask.sum()), total + 3000
+        chosen_words, total_words = chosen_words + int((mask & starts).sum()), total_words + int(starts.sum())
+    assert abs(chosen / total - 1 / 7) < 0.02
+    if unit == "words":
+        assert abs(chosen_words / total_words - 1 / 7) < 0.02
+
+
+def test_targets_spread_evenly_over_a_part_with_fixed_num_predict():
+    """The tiny preset's case: a part of 32 bytes with 5 targets. The walk covers the whole part (the
+    random single tokens fill the rest uniformly), so each quarter of the part holds about 1/4 of the
+    targets; with the context counted in bytes the walk ran out early and the last quarter got ~0.19."""
+    g = torch.Generator().manual_seed(7)
+    quarters = torch.zeros(4)
+    for _ in range(3000):
+        start = int(torch.randint(200, (1,), generator=g))
+        starts = english_byte_words(240, g)[start:start + 32]  # a part may begin mid-word
+        mask = sample_span_mask(32, num_predict=5, word_starts=starts, generator=g)
+        quarters += mask.view(4, 8).float().sum(1)
+    share = quarters / quarters.sum()
+    assert (share - 0.25).abs().max() < 0.03, share.tolist()
 
 
 def test_pieces_mode_reproduces_the_original_quirk():

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
-from xlnet_ref.training.tasks import IGNORE, copy_task_batch, copy_task_best_loss, run_segments, train_copy_task
+from xlnet_ref.training.tasks import (
+    IGNORE,
+    copy_task_batch,
+    copy_task_one_layer_best_accuracy,
+    copy_task_one_layer_best_loss,
+    run_segments,
+    train_copy_task,
+)
 
 
 def small_model(mem_len=4, seed=0):
@@ -34,11 +41,42 @@ def test_batch_is_reproducible_and_checks_arguments():
         copy_task_batch(batch_size=2, n_segments=2, seg_len=0, vocab_size=5)
 
 
-def test_best_loss_is_linear_in_the_memory_length():
-    assert copy_task_best_loss(mem_len=0, seg_len=8, vocab_size=10) == pytest.approx(math.log(10))
-    assert copy_task_best_loss(mem_len=4, seg_len=8, vocab_size=10) == pytest.approx(math.log(10) / 2)
-    assert copy_task_best_loss(mem_len=8, seg_len=8, vocab_size=10) == 0.0
-    assert copy_task_best_loss(mem_len=20, seg_len=8, vocab_size=10) == 0.0
+def test_one_layer_bound_is_linear_in_the_memory_length():
+    # by hand: a fraction m/L of the positions is answerable (loss 0, accuracy 1), the rest costs ln V (accuracy 1/V)
+    assert copy_task_one_layer_best_loss(mem_len=0, seg_len=8, vocab_size=10) == pytest.approx(math.log(10))
+    assert copy_task_one_layer_best_loss(mem_len=4, seg_len=8, vocab_size=10) == pytest.approx(math.log(10) / 2)
+    assert copy_task_one_layer_best_loss(mem_len=8, seg_len=8, vocab_size=10) == 0.0
+    assert copy_task_one_layer_best_loss(mem_len=20, seg_len=8, vocab_size=10) == 0.0
+    assert copy_task_one_layer_best_accuracy(mem_len=1, seg_len=6, vocab_size=4) == pytest.approx(1 / 6 + 5 / 24)
+    assert copy_task_one_layer_best_accuracy(mem_len=0, seg_len=6, vocab_size=4) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="mem_len"):
+        copy_task_one_layer_best_loss(mem_len=-1, seg_len=8, vocab_size=10)
+    with pytest.raises(ValueError, match="vocab_size"):
+        copy_task_one_layer_best_accuracy(mem_len=1, seg_len=8, vocab_size=0)
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_what_the_memory_can_carry_depends_on_the_depth(n_layer):
+    """The one-layer bound's premise: with memory m, segment tau+1 depends on the last m tokens of segment tau
+    only. True for one layer; with two, layer 1's memory holds states that attended to all of segment tau."""
+    torch.manual_seed(0)
+    config = XLNetConfig(vocab_size=6, d_model=16, n_layer=n_layer, n_head=2, d_inner=32, dropout=0.0, mem_len=5)
+    model = XLNetLMHeadModel(config).eval()
+    tokens, _ = copy_task_batch(batch_size=1, n_segments=2, seg_len=5, vocab_size=6,
+                                generator=torch.Generator().manual_seed(0))
+    store = []
+    hook = model.transformer.word_embedding.register_forward_hook(lambda mod, inp, out: store.append(out))
+    first = model(tokens[:, 0], output_hidden_states=True)
+    # mem_len 1: the last position of each layer's input. out.mems is detached (SG), so the memory is rebuilt
+    # from the hidden states with the graph kept, to measure what it carries
+    mems = [h[:, -1:] for h in first.hidden_states[:n_layer]]
+    logits = model(tokens[:, 1], mems=mems).logits
+    hook.remove()
+    reach = torch.autograd.grad(logits.sum(), store[0])[0][0].norm(dim=-1)  # [i] over segment tau
+    if n_layer == 1:
+        assert (reach[:-1] == 0).all() and reach[-1] > 0  # only the one token in memory
+    else:
+        assert (reach > 0).all()  # every token of segment tau reaches segment tau+1 through one memory slot
 
 
 def test_without_memory_each_segment_is_processed_alone():

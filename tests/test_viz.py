@@ -69,13 +69,35 @@ def test_draw_sinusoid_table_shape_and_range():
     assert ax.get_images()[0].get_clim() == (-1.0, 1.0)
 
 
-def test_draw_rel_shift_two_panels_before_and_after():
-    pos = relative_positions(3, 5, attn_type="bi")
-    bd = pos.expand(3, -1)
-    fig = viz.draw_rel_shift(bd, rel_shift(bd, 5), before_columns=pos.int().tolist(), mlen=2)
-    before, after = fig.axes
-    assert image_array(before).shape == (3, 8) and image_array(after).shape == (3, 5)
-    assert after.texts[0].get_text() == "2"  # cell (0, 0) holds the distance mlen + 0 - 0
+def test_draw_rel_shift_one_square_panel_per_step_coloured_by_source_row():
+    qlen, klen = 3, 5
+    rlen = len(relative_positions(qlen, klen, attn_type="bi"))
+    bd = 10 * torch.arange(qlen)[:, None] + torch.arange(rlen)[None, :]  # cell code: 10 * row + column
+    view = bd.reshape(rlen, qlen)
+    stages = [("bd", bd), ("view", view), ("drop", view[1:]), ("view back", view[1:].reshape(qlen, rlen - 1)),
+              ("after", rel_shift(bd, klen))]
+    fig = viz.draw_rel_shift(stages, mlen=2)
+    assert [ax.get_title() for ax in fig.axes] == ["bd", "view", "drop", "view back", "after"]
+    assert image_array(fig.axes[1]).shape == (rlen, qlen) and image_array(fig.axes[4]).shape == (qlen, klen)
+    # the colour is the source row: rows differ before the shift, and each row is one colour after it
+    np.testing.assert_array_equal(image_array(fig.axes[0])[:, 0], [0, 1, 2])
+    assert (image_array(fig.axes[4]) == np.arange(qlen)[:, None]).all()
+    # cell (0, 0) after the shift came from row 0, column 0 + qlen - 0 = 3
+    assert fig.axes[4].texts[0].get_text() == "03"
+    with pytest.raises(ValueError, match="stages"):
+        viz.draw_rel_shift([("distances", relative_positions(qlen, klen, attn_type="bi").expand(qlen, -1))])
+
+
+def test_draw_matrix_draws_masked_cells_apart_from_small_values():
+    prob = torch.tensor([[0.999, 0.001, 0.0], [0.5, 0.5, 0.0]])
+    masked = torch.tensor([[False, False, True], [False, False, True]])
+    ax = viz.draw_matrix(prob, masked=masked, vmin=0, vmax=1)
+    shown = image_array(ax)
+    assert np.ma.is_masked(shown[0, 2]) or np.isnan(shown[0, 2])  # masked: not a colour of the scale
+    assert shown[0, 1] == pytest.approx(0.001)  # a small probability stays a colour of the scale
+    assert len(ax.patches) == 2  # one hatched patch per masked cell
+    with pytest.raises(ValueError, match="masked"):
+        viz.draw_matrix(prob, masked=masked[:, :2])
 
 
 def test_draw_stage_errors_one_point_per_stage():
@@ -99,7 +121,30 @@ def test_bad_shape_names_the_argument():
         viz.draw_matrix(torch.zeros(2, 3, 4))
 
 
-def test_save_figure_writes_a_small_png(tmp_path):
+def test_save_figure_writes_a_png_at_150_dpi_or_more(tmp_path):
+    from PIL import Image
+
     fig, _ = plt.subplots(figsize=(3, 2))
     path = viz.save_figure(fig, tmp_path / "sub" / "f.png")
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size < 200_000
+    with Image.open(path) as image:
+        assert image.info["dpi"][0] == pytest.approx(150, abs=1)
+        assert image.width >= 0.8 * 3 * 150  # bbox "tight" may trim the margins, not the resolution
+    with pytest.raises(ValueError, match="dpi"):
+        viz.save_figure(fig, tmp_path / "low.png", dpi=100)
+
+
+def test_segment_recurrence_schematic_field_grows_one_segment_per_layer():
+    from matplotlib.patches import FancyBboxPatch
+
+    from xlnet_ref.drawing import diagrams
+
+    ax = diagrams.draw_segment_recurrence(n_layer=3, n_segments=4, seg_len=2)
+    fields = sorted((p for p in ax.patches if isinstance(p, FancyBboxPatch)), key=lambda p: p.get_y())
+    assert len(fields) == 4  # one shaded receptive field per layer h^0..h^3
+    widths = [p.get_width() for p in fields]  # from h^0 (widest) up to h^3 (the current segment only)
+    steps = np.diff(widths[::-1])
+    assert np.allclose(steps, steps[0]) and steps[0] > 0  # each layer down adds one segment's width
+    assert any(diagrams.SCHEMATIC_NOTE in t.get_text() for t in ax.texts)  # labelled as hand-drawn
+    with pytest.raises(ValueError, match="n_layer"):
+        diagrams.draw_segment_recurrence(n_layer=0)

@@ -75,10 +75,12 @@ def sample_span_mask(
 
     1. draw a span length :math:`n \in \{1..\text{max\_span}\}` with :math:`p(n) \propto 1/n`
        (with ``num_predict``: at most the number still missing);
-    2. a context of ``ctx = n * mask_alpha // mask_beta`` tokens goes around the span, ``l_ctx``
+    2. a context of ``ctx = n * mask_alpha // mask_beta`` units goes around the span, ``l_ctx``
        uniform in ``0..ctx-1`` on its left and ``ctx - l_ctx`` (at least 1) on its right;
-    3. the span starts at the first word start at or after ``cur + l_ctx`` and covers ``n`` units;
-       then ``cur`` moves to the span's end plus the right context.
+    3. the span starts at the first (selectable) word start after ``l_ctx`` units from ``cur`` and
+       covers ``n`` units; then ``cur`` moves ``r_ctx`` units past the span's end.
+
+    A unit is what ``span_unit`` says — a word or a piece — for the span *and* its context alike.
 
     It stops at the end of the sequence or once ``num_predict`` tokens are chosen; if it falls
     short of ``num_predict``, single tokens are added uniformly at random (as the original).
@@ -93,9 +95,13 @@ def sample_span_mask(
 
     **Rate.** The original's docstring says "about ``mask_beta`` tokens in a context of
     ``mask_alpha``", i.e. 1/6, but each span of ``n`` comes *with* ``n * alpha / beta`` context
-    tokens, so without ``num_predict`` a fraction :math:`\beta / (\alpha + \beta)` (1/7) is chosen
-    (less when word starts are sparse). In pretraining ``num_predict`` is fixed (85 of 512, K = 6)
-    and the random single tokens make up the difference.
+    units, so without ``num_predict`` a fraction :math:`\beta / (\alpha + \beta)` (1/7) of the units
+    is chosen (about 1/7 of the tokens too, when span words are as long as context words). The
+    original counts span and context in pieces; counting the span in words but the context in
+    tokens (this function before the fix) chose ~0.35 of a byte-level text, so with a fixed
+    ``num_predict`` the walk ran out of targets early and they bunched at the start of each part.
+    In pretraining ``num_predict`` is fixed (85 of 512, K = 6) and the random single tokens make up
+    the difference.
 
     Args:
         seq_len: T.
@@ -155,6 +161,20 @@ def sample_span_mask(
             end += 1
         return end
 
+    def skip_units(pos: int, k: int) -> int:
+        """k units on from pos — the context is counted in the spans' unit: in "words" mode the k-th
+        word start after the first word start at or after pos (the tail of a word cut off at pos is
+        no unit of its own), in "pieces" mode pos + k."""
+        if span_unit == "pieces":
+            return pos + k
+        while pos < seq_len and not starts[pos]:
+            pos += 1
+        for _ in range(k):
+            pos += 1
+            while pos < seq_len and not starts[pos]:
+                pos += 1
+        return pos
+
     cur = 0
     while cur < seq_len:
         if num_predict is not None and num_chosen >= num_predict:
@@ -166,7 +186,7 @@ def sample_span_mask(
         l_ctx = int(torch.randint(ctx, (1,), generator=generator))
         r_ctx = ctx - l_ctx
 
-        beg = cur + l_ctx
+        beg = skip_units(cur, l_ctx)
         while beg < seq_len and not (starts[beg] and can_pick[beg]):
             beg += 1
         if beg >= seq_len:
@@ -186,7 +206,7 @@ def sample_span_mask(
             if can_pick[p]:
                 mask[p] = True
                 num_chosen += 1
-        cur = end + r_ctx
+        cur = skip_units(end, r_ctx)
 
     result = torch.tensor(mask, dtype=torch.bool)  # [T]
     if num_predict is not None and num_chosen < num_predict:

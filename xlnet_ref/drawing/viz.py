@@ -1,5 +1,5 @@
 """Drawing helpers shared by the notebooks: masks, score and attention matrices, the sinusoid table,
-rel_shift before and after, per-stage errors.
+rel_shift step by step, per-stage errors.
 
 Every helper takes torch tensors (or arrays), draws on the Axes it is given (or on a new figure),
 and returns that Axes (or the Figure, for the helpers that draw several panels). Nothing here
@@ -74,6 +74,7 @@ def draw_matrix(
     yticklabels: Sequence | None = None,
     colorbar: bool = True,
     mlen: int = 0,
+    masked=None,
     figsize: tuple[float, float] = (4.2, 3.6),
 ) -> Axes:
     """A score, attention or any [i, j] matrix as a heat map.
@@ -81,19 +82,36 @@ def draw_matrix(
     centered: a diverging colour map symmetric around 0 (for scores that take both signs).
     annotate: write each value in its cell; a format string such as "{:.0f}" or True for "{:.2f}".
     mlen > 0 draws a line between the memory columns and the current segment's columns.
+    masked: an [i, j] mask (True = the query may NOT attend the key). Those cells are drawn apart, grey
+    and hatched, so that a masked cell (probability exactly 0 by construction) is not confused with a
+    visible key that gets a near-zero probability; the colour scale covers the visible cells only.
     """
     m = to_numpy(m).astype(float)
     _check_2d("m", m)
+    hidden = None
+    if masked is not None:
+        hidden = to_numpy(masked).astype(bool)
+        if hidden.shape != m.shape:
+            raise ValueError(f"masked: expected the matrix's shape {list(m.shape)}, got {list(hidden.shape)}")
+        m = np.where(hidden, np.nan, m)
     ax = _axes(ax, figsize)
     if centered:
-        lim = float(np.abs(m).max()) or 1.0
+        lim = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
+        lim = lim or 1.0
         cmap, vmin, vmax = "RdBu_r", -lim, lim
-    image = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    colours = plt.get_cmap(cmap).with_extremes(bad="#e2e8f0")  # masked (or NaN) cells: pale grey, hatched below
+    image = ax.imshow(m, cmap=colours, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    if hidden is not None:
+        for i, j in zip(*np.nonzero(hidden)):
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#a0aec0",
+                                       linewidth=0))
     if annotate:
         fmt = annotate if isinstance(annotate, str) else "{:.2f}"
         lo, hi = image.get_clim()
         fontsize = 9 if max(m.shape) <= 10 else 7
         for (i, j), value in np.ndenumerate(m):
+            if np.isnan(value):
+                continue
             dark_cell = (value - lo) / ((hi - lo) or 1.0) < 0.5 if not centered else abs(value) > 0.6 * hi
             ax.text(j, i, fmt.format(value + 0.0), ha="center", va="center", fontsize=fontsize,  # + 0.0: no "-0"
                     color="white" if dark_cell else "black")
@@ -199,33 +217,58 @@ def draw_sinusoid_table(
 
 
 def draw_rel_shift(
-    before,
-    after,
+    stages: Sequence[tuple[str, object]],
     *,
-    before_columns: Sequence,
+    base: int = 10,
     mlen: int = 0,
-    fmt: str = "{:.0f}",
-    suptitle: str | None = "rel_shift: from 'column = distance' to 'column = key'",
-    figsize: tuple[float, float] = (9.5, 3.4),
+    before_columns: Sequence | None = None,
+    suptitle: str | None = "rel_shift step by step: cell value = 10·(row i) + (column c) of bd before the shift",
+    cell: float = 0.42,
 ) -> Figure:
-    """rel_shift before [i, r] (columns labelled by distance) and after [i, j] (columns = keys).
+    """The steps of rel_shift, one panel each: ``stages`` = [(title, matrix), ...], first the score block
+    bd [i, r] before, last the result [i, j]; in between the reshape -> drop -> reshape views.
 
-    Fill `before` with something readable, e.g. each cell's distance: after the shift, cell (i, j)
-    must then show the distance (mlen + i) - j.
+    Fill bd with per-cell codes ``base * i + c`` (row i, column c) so that every cell says where it came
+    from: the colour is the source row i, the number the source cell. Before the shift the rows differ,
+    so the per-row shift is visible; after it each row is again one colour, moved left by qlen - i.
+    Cells are square (the views have other shapes than bd). mlen > 0 draws the memory | segment line
+    on the last panel; before_columns labels the first panel's columns (e.g. their distances).
     """
-    b, a = to_numpy(before), to_numpy(after)
-    _check_2d("before", b)
-    _check_2d("after", a)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=figsize, layout="constrained",
-                                   gridspec_kw={"width_ratios": [b.shape[1], a.shape[1]]})
-    lim = max(float(np.abs(b).max()), float(np.abs(a).max())) or 1.0
-    common = dict(cmap="RdBu_r", vmin=-lim, vmax=lim, annotate=fmt, colorbar=False)
-    draw_matrix(b, ax=ax0, title="before: bd[i, c], column c = distance", xlabel="distance of column c",
-                xticklabels=before_columns, **common)
-    draw_matrix(a, ax=ax1, title="after: bd[i, j], column j = key", xticklabels=range(a.shape[1]), mlen=mlen,
-                **common)
+    if not stages:
+        raise ValueError("stages: expected at least one (title, matrix) pair, got none")
+    mats = [to_numpy(m).astype(float) for _, m in stages]
+    for (title, _), m in zip(stages, mats):
+        _check_2d(f"stages[{title!r}]", m)
+    n_rows = int(mats[0].shape[0])
+    if (mats[0] // base).max() >= n_rows or (mats[0] % base).max() >= base or mats[0].min() < 0:
+        raise ValueError(f"stages: expected the first matrix to hold codes base * i + c with 0 <= c < base={base}, "
+                         f"got values from {mats[0].min():g} to {mats[0].max():g}")
+    widths = [m.shape[1] for m in mats]
+    height = max(m.shape[0] for m in mats)
+    fig, axes = plt.subplots(1, len(mats), figsize=(cell * sum(widths) + 1.2 * len(mats), cell * height + 1.4),
+                             layout="constrained", gridspec_kw={"width_ratios": widths})
+    axes = np.atleast_1d(axes)
+    row_colours = ListedColormap(plt.get_cmap("Pastel1").colors[: max(n_rows, 1)])
+    for k, (ax, (title, _), m) in enumerate(zip(axes, stages, mats)):
+        ax.imshow(m // base, cmap=row_colours, vmin=-0.5, vmax=n_rows - 0.5, aspect="equal", interpolation="nearest")
+        for (i, j), value in np.ndenumerate(m):
+            ax.text(j, i, f"{int(value):0{len(str(base - 1)) + 1}d}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(m.shape[1]), [str(c) for c in range(m.shape[1])], fontsize=7)
+        ax.set_yticks(range(m.shape[0]), [str(r) for r in range(m.shape[0])], fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(np.arange(-0.5, m.shape[1]), minor=True)
+        ax.set_yticks(np.arange(-0.5, m.shape[0]), minor=True)
+        ax.grid(which="minor", color="white", linewidth=1)
+        ax.tick_params(which="minor", length=0)
+    if before_columns is not None:
+        axes[0].set_xticks(range(mats[0].shape[1]), [str(c) for c in before_columns], fontsize=7)
+        axes[0].set_xlabel("distance of column c", fontsize=8)
+    axes[-1].set_xlabel("key j", fontsize=8)
+    axes[0].set_ylabel("query i", fontsize=8)
+    if mlen:
+        axes[-1].axvline(mlen - 0.5, color="black", linewidth=1.5)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
+        fig.suptitle(suptitle, fontsize=10)
     return fig
 
 
@@ -294,8 +337,11 @@ def draw_distributions(
     return ax
 
 
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
-    """Write a figure as PNG (creating the folder), at a modest resolution; returns the path."""
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
+    """Write a figure as PNG (creating the folder) at ``dpi`` (150 by default: readable on a projector at
+    the figure's own size); returns the path."""
+    if dpi < 150:
+        raise ValueError(f"dpi: expected at least 150 (figures must stay readable when projected), got {dpi}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})

@@ -46,8 +46,9 @@ def attention_example(result):
     return batch, out.attentions, mems[0].shape[1]
 
 
-def make_figures(result, figures_dir: str | Path) -> list[Path]:
-    """The demo's three figures from a finished :func:`xlnet_ref.training.train.train` result."""
+def make_figures(result, figures_dir: str | Path, *, baselines: dict[str, float] | None = None) -> list[Path]:
+    """The demo's three figures from a finished :func:`xlnet_ref.training.train.train` result; ``baselines``
+    (name -> held-out loss, e.g. the count models) are drawn as horizontal lines on the loss curves."""
     from ..drawing.plotting import (
         memory_attention_mass,
         plot_history,
@@ -55,12 +56,13 @@ def make_figures(result, figures_dir: str | Path) -> list[Path]:
         plot_two_stream_attention,
         save_figure,
         token_labels,
+        uniform_memory_mass,
     )
 
     figures_dir = Path(figures_dir)
     cfg = result.config
-    paths = [save_figure(plot_history(result.history, title=f"XLNet permutation LM, preset {cfg.name!r}"),
-                         figures_dir / "loss_curves.png")]
+    paths = [save_figure(plot_history(result.history, title=f"XLNet permutation LM, preset {cfg.name!r}",
+                                      baselines=baselines), figures_dir / "loss_curves.png")]
 
     batch, attentions, mlen = attention_example(result)
     b, layer = 0, len(attentions) - 1
@@ -75,10 +77,30 @@ def make_figures(result, figures_dir: str | Path) -> list[Path]:
     paths.append(save_figure(fig, figures_dir / "two_stream_attention.png"))
 
     mass = memory_attention_mass(attentions, mlen=mlen)
-    fig = plot_memory_attention(mass, mlen=mlen, qlen=cfg.seq_len,
+    uniform = uniform_memory_mass(batch.perm_mask, batch.target_mapping, mlen=mlen)  # baseline from the masks
+    fig = plot_memory_attention(mass, mlen=mlen, qlen=cfg.seq_len, uniform=uniform,
                                 title=f"Attention mass on the {mlen}-token memory (held-out batch, preset {cfg.name!r})")
     paths.append(save_figure(fig, figures_dir / "memory_attention.png"))
     return paths
+
+
+def count_model_baselines(result, orders=(1, 2, 3)) -> dict[int, float]:
+    """Held-out loss of the Kneser-Ney count models of these orders (trained on the run's training tokens),
+    on exactly the targets of the run's held-out left-to-right loss: {order: nats/token}."""
+    from .baselines import NGramModel, held_out_ngram_loss
+
+    data, config = result.data, result.config
+    batches = held_out_batches(config, data)  # the very batches evaluate() scored (their own fixed generator)
+    return {n: held_out_ngram_loss(NGramModel(data.train_tokens, order=n, vocab_size=config.model.vocab_size), batches,
+                                   reuse_len=config.model.reuse_len, sep_id=data.tokenizer.sep_id,
+                                   cls_id=data.tokenizer.cls_id)
+            for n in orders}
+
+
+def count_model_lines(losses: dict[int, float]) -> dict[str, float]:
+    """{order: loss} -> {"bigram count model (held-out L2R)": loss, ...}, the loss curves' baseline lines."""
+    names = {1: "unigram", 2: "bigram", 3: "trigram"}
+    return {f"{names.get(n, f'{n}-gram')} count model (held-out L2R)": loss for n, loss in sorted(losses.items())}
 
 
 def note_threads() -> None:
@@ -106,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # the demo writes files only: no window, works without a display
     if args.figures_only:
-        for p in make_figures(load_run(args.figures_only), args.figures):
+        run = load_run(args.figures_only)
+        for p in make_figures(run, args.figures, baselines=count_model_lines(count_model_baselines(run))):
             print(p)
         return 0
 
@@ -128,17 +151,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{config.steps} steps of {config.batch_size} windows x {config.seq_len} tokens, "
           f"{config.num_predict} targets per window")
     result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
-    paths = make_figures(result, args.figures)
+    count_model_losses = count_model_baselines(result)
+    paths = make_figures(result, args.figures, baselines=count_model_lines(count_model_losses))
 
     uniform = math.log(result.config.model.vocab_size)
     train_losses = [r["loss"] for r in result.history if r["kind"] == "train"]
     first, last = sum(train_losses[:10]) / 10, sum(train_losses[-10:]) / 10
     print()
     print(f"training took {result.seconds:.0f} s ({result.config.steps} steps); whole demo {time.perf_counter() - start:.0f} s")
-    print(f"  train PLM loss (mean of 10 steps, with dropout): {first:.3f} (first) -> {last:.3f} (last); "
+    dropout = f", with dropout {result.config.model.dropout}" if result.config.model.dropout else ""
+    print(f"  train PLM loss (mean of 10 steps{dropout}): {first:.3f} (first) -> {last:.3f} (last); "
           f"uniform guess = ln {result.config.model.vocab_size} = {uniform:.3f}")
     print(f"  held-out PLM loss (random factorization orders): {result.final('eval_plm_loss'):.3f} nats/token")
     print(f"  held-out left-to-right loss (z = identity):      {result.final('eval_l2r_loss'):.3f} nats/token")
+    for order, name in ((2, "bigram"), (1, "unigram"), (3, "trigram")):
+        print(f"  {name} count model, same held-out text: {count_model_losses[order]:.3f} nats/token")
     print(f"checkpoint: {result.checkpoint}  (resume: python -m xlnet_ref.train --resume {args.out})")
     print("figures:")
     for p in paths:

@@ -1,6 +1,6 @@
 r"""Synthetic tasks with a known answer, for the notebooks' checked claims.
 
-The copy-from-the-previous-segment task (notebook 02). A stream is cut into segments of ``seg_len``
+The copy-from-the-previous-segment task (notebook 01). A stream is cut into segments of ``seg_len``
 random tokens; at every position of segment :math:`\tau + 1` the label is the token at the *same*
 position of segment :math:`\tau`. The tokens of a segment are independent of its labels, so a model
 that sees one segment at a time can do no better than chance (loss :math:`\ln V`). A model with
@@ -9,10 +9,18 @@ segment-level recurrence (Transformer-XL Sec. 3.2) reads the previous segment fr
 .. math::
     \tilde h^{n-1}_{\tau+1} = [\mathrm{SG}(h^{n-1}_\tau) \circ h^{n-1}_{\tau+1}]
 
-and can copy the answer from relative distance ``seg_len``. With a memory of ``mem_len < seg_len``
-tokens only the last ``mem_len`` positions of segment :math:`\tau` are there, so only positions
-``i >= seg_len - mem_len`` can be answered: the best possible loss is
-:func:`copy_task_best_loss` :math:`= (1 - \text{mem\_len} / \text{seg\_len}) \ln V`.
+and can copy the answer from relative distance ``seg_len``.
+
+With a memory of ``mem_len = m < seg_len`` tokens, what can be copied depends on the depth. In a
+**one-layer** model the only memory is the word embeddings of the last m tokens of segment
+:math:`\tau`, so only positions ``i >= seg_len - m`` can be answered and the best expected loss is
+:func:`copy_task_one_layer_best_loss` :math:`= (1 - m / L) \ln V` (accuracy
+:func:`copy_task_one_layer_best_accuracy` :math:`= m/L + (1 - m/L)/V`). This is **not** a bound for
+two layers or more: layer n >= 2 caches :math:`h^{n-1}_\tau`, states that already attended to the whole
+of segment :math:`\tau` (and its memory), so m cached vectors of width d_model can carry more than m
+tokens. :func:`one_layer_bound_run` trains one-layer and two-layer models with ``mem_len = 1`` and
+measures it (``python -m xlnet_ref.training.tasks`` records 3 seeds in
+``results/copy_task_one_layer_bound.json``).
 
 The labels are read from the content stream h (``XLNetLMHeadModel`` without ``target_mapping``):
 logits [b, i, V] at every position of the segment. Layout: tokens and labels [b, s, i]
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import XLNetConfig
 from ..model import XLNetLMHeadModel
 
 IGNORE = -100  # label of the first segment: it has no previous segment to copy from
@@ -62,10 +71,30 @@ def copy_task_batch(
     return tokens.to(device), labels.to(device)
 
 
-def copy_task_best_loss(*, mem_len: int, seg_len: int, vocab_size: int) -> float:
-    r"""The lowest expected loss: positions whose answer is in memory cost 0, the others :math:`\ln V`."""
-    answerable = min(max(mem_len, 0), seg_len) / seg_len
+def _check_memory_args(mem_len, seg_len, vocab_size) -> None:
+    if isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 0:
+        raise ValueError(f"mem_len: expected an int >= 0, got {mem_len!r}")
+    _check_positive_int("seg_len", seg_len)
+    _check_positive_int("vocab_size", vocab_size)
+
+
+def copy_task_one_layer_best_loss(*, mem_len: int, seg_len: int, vocab_size: int) -> float:
+    r"""The lowest expected loss of a **one-layer** model with memory ``mem_len``: :math:`(1 - m/L)\ln V`.
+
+    One layer's memory is the embeddings of the last m tokens of the previous segment: positions whose
+    answer is among them cost 0, the others :math:`\ln V` (the current segment says nothing about its
+    labels). Not a bound for two layers or more (see the module docstring).
+    """
+    _check_memory_args(mem_len, seg_len, vocab_size)
+    answerable = min(mem_len, seg_len) / seg_len
     return (1.0 - answerable) * math.log(vocab_size)
+
+
+def copy_task_one_layer_best_accuracy(*, mem_len: int, seg_len: int, vocab_size: int) -> float:
+    r"""The highest expected accuracy of a **one-layer** model with memory ``mem_len``: :math:`m/L + (1 - m/L)/V`."""
+    _check_memory_args(mem_len, seg_len, vocab_size)
+    answerable = min(mem_len, seg_len) / seg_len
+    return answerable + (1.0 - answerable) / vocab_size
 
 
 @dataclass
@@ -157,3 +186,66 @@ def train_copy_task(
         history.append(float(loss.detach()))
     model.eval()
     return history
+
+
+# the recorded run of "the one-layer bound is not a bound for two layers" (results/copy_task_one_layer_bound.json)
+BOUND_RUN = dict(vocab_size=4, seg_len=6, mem_len=1, d_model=32, n_head=4, d_inner=64, steps=2000, batch_size=64,
+                 n_segments=3, learning_rate=3e-3, eval_batch=2048, eval_seed=99)
+
+
+def one_layer_bound_run(n_layer: int, *, seed: int, steps: int | None = None) -> dict[str, float]:
+    """Train an ``n_layer`` copier with memory ``BOUND_RUN["mem_len"]`` (V 4, L 6) and score it on held-out
+    segments with the same memory: ``{"accuracy", "loss", "one_layer_best_accuracy", "one_layer_best_loss"}``.
+
+    The model keeps ``mem_len = seg_len`` in its config; :func:`run_segments` passes on only the last
+    ``mem_len`` positions of each layer's memory, in training and in evaluation. One CPU thread is the
+    caller's choice (the recorded run used one).
+    """
+    _check_positive_int("n_layer", n_layer)
+    cfg = BOUND_RUN
+    torch.manual_seed(seed)
+    config_kw = dict(vocab_size=cfg["vocab_size"], d_model=cfg["d_model"], n_layer=n_layer, n_head=cfg["n_head"],
+                     d_inner=cfg["d_inner"], dropout=0.0, mem_len=cfg["seg_len"])
+    model = XLNetLMHeadModel(XLNetConfig(**config_kw))
+    train_copy_task(model, steps=steps or cfg["steps"], batch_size=cfg["batch_size"], n_segments=cfg["n_segments"],
+                    seg_len=cfg["seg_len"], learning_rate=cfg["learning_rate"], mem_lens=[cfg["mem_len"]],
+                    generator=torch.Generator().manual_seed(seed))
+    tokens, labels = copy_task_batch(batch_size=cfg["eval_batch"], n_segments=cfg["n_segments"], seg_len=cfg["seg_len"],
+                                     vocab_size=cfg["vocab_size"], generator=torch.Generator().manual_seed(cfg["eval_seed"]))
+    with torch.no_grad():
+        scored = run_segments(model, tokens, labels, mem_len=cfg["mem_len"])
+    bound = dict(mem_len=cfg["mem_len"], seg_len=cfg["seg_len"], vocab_size=cfg["vocab_size"])
+    return {"accuracy": scored.accuracy, "loss": float(scored.loss),
+            "one_layer_best_accuracy": copy_task_one_layer_best_accuracy(**bound),
+            "one_layer_best_loss": copy_task_one_layer_best_loss(**bound)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xlnet_ref.training.tasks [--seeds 0 1 2]``: record :func:`one_layer_bound_run` for 1 and 2 layers."""
+    import argparse
+
+    from ..experiments.common import write_result
+
+    parser = argparse.ArgumentParser(prog="python -m xlnet_ref.training.tasks",
+                                     description="Copy task, mem_len 1: one layer vs two layers against the one-layer bound.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=None, help="folder for the result file (default: results/)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    per_seed = []
+    for seed in args.seeds:
+        row = {"seed": seed}
+        for n_layer in (1, 2):
+            for key, value in one_layer_bound_run(n_layer, seed=seed).items():
+                row[f"n_layer={n_layer}/{key}"] = value
+        print(row, flush=True)
+        per_seed.append(row)
+    path = write_result("copy_task_one_layer_bound", size="full", config=dict(BOUND_RUN, n_layers=[1, 2], threads=1),
+                        command=f"python -m xlnet_ref.training.tasks --seeds {' '.join(map(str, args.seeds))}",
+                        seeds=args.seeds, per_seed=per_seed, directory=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
