@@ -330,7 +330,7 @@ def test_a_relative_corpus_resumes_from_another_directory(tmp_path, monkeypatch)
 # ------------------------------------------------------------------ clear errors up front
 def test_absurd_settings_and_nothing_to_do_are_refused(stopped, corpus_file, capsys):
     for args, message in ((["--lr", "inf"], "learning_rate"), (["--lr", "50"], "learning_rate"),
-                          (["--device", "meta"], "device: expected"), (["--seq-len", "24"], "seq_len")):
+                          (["--device", "meta"], "device: expected"), (["--seq-len", "20"], "seq_len")):
         code, out, err = cli(["--preset", "tiny", "--corpus", str(corpus_file), *args, "--out", str(stopped.parent / "x")],
                              capsys)
         assert code == 2 and message in err and "training tiny" not in out, (args, err)

@@ -13,15 +13,17 @@ One file per mechanism:
     permutation.py       the permutation LM objective: orders, masks, partial prediction (XLNet Sec. 2.2-2.3)
     pretraining_data.py  span targets and [reuse | A SEP B SEP CLS] examples (original data_utils.py)
     checks.py            input checks with clear errors
-    interop.py           weights to and from transformers' XLNet
+    interop.py           weights to and from transformers' XLNet (backbone, LM head, every task head)
+    heads.py             task heads: sequence summary, classification, multiple choice, question answering
 
 Machinery around the model, in subpackages named for their job:
     training/            corpus, tokenizers, the pretraining loop, checkpoints, the demo, synthetic tasks
     validation/          golden cases, stage-by-stage comparison, mutants (known bugs)
     drawing/             figures for the notebooks and the demo
     experiments/         seeded experiments that write results/<name>.json
+    labs/                graders and feedback for the classroom labs (notebooks/labs)
 
-Entry points (thin modules): python -m xlnet_ref.train | .demo | .validate | .golden
+Entry points (thin modules): python -m xlnet_ref.train | .demo | .finetune | .validate | .golden
 
 Axis letters used in shapes and einsum strings, one meaning each:
     b batch, i query position, j key position (over [memory | current]), k prediction target,
