@@ -12,7 +12,9 @@ these results were recorded, pinned so that a retuned preset cannot change them)
 ``runs/`` (git-ignored): ``runs/finetune-pretrained-tiny`` (400 steps) for the full size, ``runs/finetune-pretrained-tiny-quick`` (60 steps, so that the
 notebook's live re-run fits in nbval's time) for the quick one. A cached checkpoint is
 reused as is; its training config (and the held-out losses it reached) is copied into the result file,
-so the file says which pretraining it measured even if the preset changes later.
+so the file says which pretraining it measured even if the preset changes later. results/finetune.json
+(full) was recorded before the span-target fix in pretraining_data.sample_span_mask (words mode then
+selected ~0.35 of each byte part instead of 1/7); results/finetune_quick.json was re-recorded after it.
 """
 
 from __future__ import annotations
