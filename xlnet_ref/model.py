@@ -34,7 +34,7 @@ from .masks import attention_masks
 from .memory import cache_mem
 from .relative_position import relative_positional_encoding
 from .segments import segment_difference
-from .two_stream import target_positions, two_stream_attention
+from .two_stream import target_positions, two_stream_attention, two_stream_attention_fast
 
 
 @dataclass
@@ -62,8 +62,12 @@ class XLNetLayer(nn.Module):
         self.rel_attn = RelativeAttention(config)
         self.ff = PositionwiseFF(config)
 
-    def forward(self, h, g, *, mem, k_r, trace=None, **attn_kwargs):
-        h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
+    def forward(self, h, g, *, mem, k_r, trace=None, fast=False, **attn_kwargs):
+        if fast:  # same numbers, fewer passes; no probabilities, no trace (see attention.py)
+            h, g = two_stream_attention_fast(self.rel_attn, h, g, mem, k_r, **attn_kwargs)
+            prob_h = prob_g = None
+        else:
+            h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
         h = self.ff(h)
         g = self.ff(g) if g is not None else None
         if trace is not None:
@@ -133,18 +137,21 @@ class XLNetModel(nn.Module):
         gives wrong outputs. Convert transformers' mems with ``xlnet_ref.interop.mems_from_hf``
         (and back with ``mems_to_hf``), never by hand."""
         cfg = self.config
-        check_inputs(
-            cfg,
-            input_ids=input_ids,
-            token_type_ids=token_type_ids,
-            attention_mask=attention_mask,
-            input_mask=input_mask,
-            perm_mask=perm_mask,
-            target_mapping=target_mapping,
-            mems=mems,
-            dtype=self.word_embedding.weight.dtype,
-            device=self.word_embedding.weight.device,
-        )
+        # the fast path (config.implementation) where nothing asks for the readable path's intermediates
+        fast = cfg.implementation == "fast" and trace is None and not output_attentions
+        if not torch.compiler.is_compiling():  # the value checks read tensors: torch.compile skips them
+            check_inputs(
+                cfg,
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                attention_mask=attention_mask,
+                input_mask=input_mask,
+                perm_mask=perm_mask,
+                target_mapping=target_mapping,
+                mems=mems,
+                dtype=self.word_embedding.weight.dtype,
+                device=self.word_embedding.weight.device,
+            )
         b, qlen = input_ids.shape
         mlen = mems[0].shape[1] if mems is not None else 0
         klen = mlen + qlen
@@ -193,7 +200,7 @@ class XLNetModel(nn.Module):
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
             h, g, prob_h, prob_g = layer(
                 h, g, mem=mem, k_r=k_r, trace=layer_trace, seg_diff=seg_diff, attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid,
+                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid, fast=fast,
                 **self.layer_biases(layer_index),
             )
             if trace is not None:
