@@ -42,7 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--d-inner", type=int, default=512)
     p.add_argument("--vocab-size", type=int, default=1000)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per mode (median reported)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in each subprocess (default torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in each subprocess (default 1: on a shared 2-core machine two threads per "
+                        "process made single calls vary 10-40x; 0 = torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(HERE / "scaling_results.json"))
     p.add_argument("--figure", default=str(HERE.parent / "figures" / "scaling.png"))
