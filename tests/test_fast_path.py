@@ -147,3 +147,26 @@ def test_implementation_is_checked_and_not_saved():
     cfg = XLNetConfig(**SMALL, implementation="fast")
     assert "implementation" not in cfg.to_dict()
     assert cfg == XLNetConfig(**SMALL)  # how it runs is not what it is
+
+
+def test_fast_dropout_has_nn_dropouts_distribution():
+    """Kept with probability 1 - p and scaled by 1 / (1 - p); the identity in eval mode or with p = 0."""
+    from xlnet_ref.attention import fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = fast_dropout(x, 0.3, True)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.3) < 0.005, dropped
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert fast_dropout(x, 0.3, False) is x and fast_dropout(x, 0.0, True) is x
+
+
+def test_fast_path_with_dropout_equals_readable_in_eval_mode_and_differs_in_train_mode():
+    readable = random_lm(mem_len=6, dropout=0.3)
+    fast = fast_twin(readable)
+    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=4, token_types=True, perm=True,
+                       num_predict=3)
+    assert rel_err(fast(**kw).logits, readable(**kw).logits) <= 1e-5  # eval mode: no dropout
+    fast.train()
+    assert rel_err(fast(**kw).logits, readable(**kw).logits) > 1e-3  # the dropout is really applied

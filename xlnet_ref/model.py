@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import RelativeAttention
+from .attention import RelativeAttention, fast_dropout
 from .checks import check_inputs
 from .config import XLNetConfig
 from .feed_forward import PositionwiseFF
@@ -54,6 +54,13 @@ class XLNetOutput:
         return self.query if self.query is not None else self.content
 
 
+def feed_forward_fast(ff: PositionwiseFF, x: torch.Tensor) -> torch.Tensor:
+    """:class:`PositionwiseFF` on the fast path: the same weights and equation, :func:`fast_dropout`."""
+    out = fast_dropout(ff.activation(ff.layer_1(x)), ff.dropout.p, ff.training)
+    out = fast_dropout(ff.layer_2(out), ff.dropout.p, ff.training)
+    return ff.layer_norm(x + out)
+
+
 class XLNetLayer(nn.Module):
     """One layer: two-stream relative attention, then the shared feed-forward on each stream."""
 
@@ -65,9 +72,10 @@ class XLNetLayer(nn.Module):
     def forward(self, h, g, *, mem, k_r, trace=None, fast=False, **attn_kwargs):
         if fast:  # same numbers, fewer passes; no probabilities, no trace (see attention.py)
             h, g = two_stream_attention_fast(self.rel_attn, h, g, mem, k_r, **attn_kwargs)
-            prob_h = prob_g = None
-        else:
-            h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
+            h = feed_forward_fast(self.ff, h)
+            g = feed_forward_fast(self.ff, g) if g is not None else None
+            return h, g, None, None
+        h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
         h = self.ff(h)
         g = self.ff(g) if g is not None else None
         if trace is not None:
@@ -139,6 +147,7 @@ class XLNetModel(nn.Module):
         cfg = self.config
         # the fast path (config.implementation) where nothing asks for the readable path's intermediates
         fast = cfg.implementation == "fast" and trace is None and not output_attentions
+        drop = (lambda x: fast_dropout(x, self.dropout.p, self.training)) if fast else self.dropout
         if not torch.compiler.is_compiling():  # the value checks read tensors: torch.compile skips them
             check_inputs(
                 cfg,
@@ -170,18 +179,18 @@ class XLNetModel(nn.Module):
         )
         seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
 
-        h = self.dropout(self.word_embedding(input_ids))  # h^(0): [b, i, m]
+        h = drop(self.word_embedding(input_ids))  # h^(0): [b, i, m]
         g = target_pos = target_valid = None
         if target_mapping is not None:
             target_pos, target_valid = target_positions(target_mapping)
-            g = self.dropout(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
+            g = drop(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
 
         # R in float32 as both reference codes compute it, then in the model's dtype
         pos_emb = relative_positional_encoding(
             qlen, klen, d_model=cfg.d_model, attn_type=cfg.attn_type, bi_data=cfg.bi_data,
             clamp_len=cfg.clamp_len, device=device,
         ).to(dtype)  # [p, r, m]
-        pos_emb = self.dropout(pos_emb)
+        pos_emb = drop(pos_emb)
 
         if trace is not None:
             trace.update(word_emb=h, pos_emb=pos_emb, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask,
@@ -213,8 +222,8 @@ class XLNetModel(nn.Module):
         if hidden_states is not None:
             hidden_states.append(h if g is None else (h, g))
 
-        content = self.dropout(h)
-        query = self.dropout(g) if g is not None else None
+        content = drop(h)
+        query = drop(g) if g is not None else None
         return XLNetOutput(content=content, query=query, mems=new_mems, attentions=attentions,
                            hidden_states=hidden_states)
 
