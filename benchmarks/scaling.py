@@ -10,7 +10,9 @@ memory cannot hide another's. In it: build the model and the inputs, then
 * a training step (forward, PLM loss, backward, AdamW): one warm-up, then ``--reps`` timed steps.
 Peak memory on CPU is the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
 after the warm-up of each mode) above the resident set at that moment, i.e. what the timed calls
-needed beyond the weights, inputs and optimizer state. On CUDA it is the allocator's peak above the
+needed beyond the weights, inputs and optimizer state; glibc is told to map every block above 64 KiB
+on its own and give it back when freed (MALLOC_ENV), so the resident set follows the live tensors
+instead of what the allocator keeps. On CUDA it is the allocator's peak above the
 memory held after the warm-up (``torch.cuda.max_memory_allocated``).
 
 Ours runs as ``train`` runs it (fast path, fused AdamW); transformers eager with its default AdamW.
@@ -30,6 +32,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# glibc: every block above 64 KiB is its own mmap, returned to the system when freed (no dynamic
+# threshold, no retained heap), so that the resident set follows the live tensors
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
 def parse_args(argv=None):
@@ -156,7 +161,7 @@ def run_all(args) -> list[dict]:
                             n_layer=args.n_layer, n_head=args.n_head, d_inner=args.d_inner,
                             vocab_size=args.vocab_size, reps=args.reps, threads=args.threads, device=args.device)
                 done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                      text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                                      text=True, env=dict(os.environ, PYTHONWARNINGS="ignore", **MALLOC_ENV))
                 if done.returncode != 0:
                     raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
                 row = {**spec, **json.loads(done.stdout.strip().splitlines()[-1])}
