@@ -75,7 +75,7 @@ def step_fn(model, opt, batch, labels, mems, *, is_hf, autocast):
         if is_hf:
             logits = model(**batch, mems=mems, use_mems=True).logits
         else:
-            logits = model(**batch, mems=mems).logits
+            logits = model(**batch, mems=mems, content_output=False).logits  # as train.py: the loss needs only g
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

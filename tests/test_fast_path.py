@@ -170,3 +170,23 @@ def test_fast_path_with_dropout_equals_readable_in_eval_mode_and_differs_in_trai
     assert rel_err(fast(**kw).logits, readable(**kw).logits) <= 1e-5  # eval mode: no dropout
     fast.train()
     assert rel_err(fast(**kw).logits, readable(**kw).logits) > 1e-3  # the dropout is really applied
+
+
+def test_skipping_the_last_content_stream_keeps_logits_mems_and_gradients():
+    """content_output=False: the last layer's content stream (unused by the logits and the memories) is
+    not computed; logits, memories, loss and gradients are those of the full forward."""
+    full = fast_twin(random_lm(mem_len=6, bi_data=True)).train()
+    skipping = copy.deepcopy(full)
+    kw = with_padding_target(random_inputs(batch=4, seq_len=7, vocab_size=SMALL["vocab_size"], seed=6,
+                                           token_types=True, perm=True, num_predict=3))
+    weights = (kw["target_mapping"].sum(-1) > 0).float()
+    targets = torch.randint(0, SMALL["vocab_size"], (4, 3), generator=torch.Generator().manual_seed(1))
+    a, b = full(**kw), skipping(**kw, content_output=False)
+    assert b.content is None and a.content is not None
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(x, y) for x, y in zip(a.mems, b.mems))
+    plm_loss(a.logits, targets, weights).backward()
+    plm_loss(b.logits, targets, weights).backward()
+    grads = dict(skipping.named_parameters())
+    for name, p in full.named_parameters():
+        assert rel_err(grads[name].grad, p.grad) <= 1e-6, name

@@ -41,7 +41,8 @@ from .two_stream import target_positions, two_stream_attention, two_stream_atten
 class XLNetOutput:
     """What a forward pass returns. Axis letters: b batch, i position, k prediction target, m model width."""
 
-    content: torch.Tensor  # [b, i, m] content stream h after the last layer (and dropout)
+    content: torch.Tensor | None  # [b, i, m] content stream h after the last layer (and dropout); None if
+    # forward(content_output=False) skipped it
     query: torch.Tensor | None  # [b, k, m] query stream g, when target_mapping was given
     mems: list[torch.Tensor] | None  # n_layer tensors [b, mlen, m]; None when mem_len is 0/None
     attentions: list | None = None  # per layer: prob_h [b, n, i, j], or (prob_h, prob_g [b, n, k, j])
@@ -69,10 +70,10 @@ class XLNetLayer(nn.Module):
         self.rel_attn = RelativeAttention(config)
         self.ff = PositionwiseFF(config)
 
-    def forward(self, h, g, *, mem, k_r, trace=None, fast=False, **attn_kwargs):
+    def forward(self, h, g, *, mem, k_r, trace=None, fast=False, skip_content=False, **attn_kwargs):
         if fast:  # same numbers, fewer passes; no probabilities, no trace (see attention.py)
-            h, g = two_stream_attention_fast(self.rel_attn, h, g, mem, k_r, **attn_kwargs)
-            h = feed_forward_fast(self.ff, h)
+            h, g = two_stream_attention_fast(self.rel_attn, h, g, mem, k_r, skip_content=skip_content, **attn_kwargs)
+            h = feed_forward_fast(self.ff, h) if h is not None else None
             g = feed_forward_fast(self.ff, g) if g is not None else None
             return h, g, None, None
         h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
@@ -131,12 +132,15 @@ class XLNetModel(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         trace: dict | None = None,
+        content_output: bool = True,
     ) -> XLNetOutput:
         """input_ids [b, i]; token_type_ids [b, i]; attention_mask [b, i] (1 = real token) or input_mask
         [b, i] (1 = padding); perm_mask [b, i, j] (1 = i may NOT attend to j); target_mapping [b, k, j]
         (one-hot rows: the k-th prediction is at position j; zero rows = padding targets); mems: n_layer
         tensors [b, mlen, m] in the model's dtype, on its device. trace: a dict to fill with every
-        intermediate stage (validate.py).
+        intermediate stage (validate.py). content_output False (with target_mapping, on the fast path):
+        the last layer's content stream, which neither the logits nor the memories use, is not computed
+        and ``content`` is None — what the PLM loss needs, about a quarter of one layer less work.
 
         input_ids must be torch.long (or int32). Every tensor must be on the model's device.
 
@@ -207,9 +211,12 @@ class XLNetModel(nn.Module):
             layer_trace = {} if trace is not None else None
             # W_{k,R} R is the same for every batch row of a half: project it once per layer
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
+            skip_content = (fast and not content_output and g is not None and hidden_states is None
+                            and layer_index == cfg.n_layer - 1)
             h, g, prob_h, prob_g = layer(
                 h, g, mem=mem, k_r=k_r, trace=layer_trace, seg_diff=seg_diff, attn_mask=attn_mask,
                 non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid, fast=fast,
+                skip_content=skip_content,
                 **self.layer_biases(layer_index),
             )
             if trace is not None:
@@ -222,7 +229,7 @@ class XLNetModel(nn.Module):
         if hidden_states is not None:
             hidden_states.append(h if g is None else (h, g))
 
-        content = drop(h)
+        content = drop(h) if h is not None else None
         query = drop(g) if g is not None else None
         return XLNetOutput(content=content, query=query, mems=new_mems, attentions=attentions,
                            hidden_states=hidden_states)

@@ -125,10 +125,13 @@ def two_stream_attention_fast(
     non_tgt_mask: torch.Tensor | None,
     target_pos: torch.Tensor | None,
     target_valid: torch.Tensor | None,
+    skip_content: bool = False,
 ):
     """:func:`two_stream_attention` on the fast path (config.implementation == "fast"): the same
     numbers, K and V projected by one matmul, attention by :meth:`RelativeAttention.attend_fast`.
-    No probabilities are kept.  ->  (h_out [b, i, m], g_out [b, k, m] or None)
+    No probabilities are kept. skip_content: the content stream's own attention is not computed
+    (h_out None); its keys and values still are, for the query stream.
+    ->  (h_out [b, i, m] or None, g_out [b, k, m] or None)
     """
     qlen = h.shape[1]
     n = attn.n_head
@@ -139,9 +142,11 @@ def two_stream_attention_fast(
     w_q = rearrange(attn.q, "m n d -> m (n d)")
     biases = dict(r_w_bias=r_w_bias, r_r_bias=r_r_bias, r_s_bias=r_s_bias, qlen=qlen)
 
-    q_h = rearrange(h @ w_q, "b i (n d) -> b i n d", n=n)
-    vec_h = attn.attend_fast(q_h, k_h, v_h, k_r, mask=non_tgt_mask, seg_diff=seg_diff, query_pos=None, **biases)
-    h_out = attn.post_attention_fast(h, vec_h)
+    h_out = None
+    if not skip_content:
+        q_h = rearrange(h @ w_q, "b i (n d) -> b i n d", n=n)
+        vec_h = attn.attend_fast(q_h, k_h, v_h, k_r, mask=non_tgt_mask, seg_diff=seg_diff, query_pos=None, **biases)
+        h_out = attn.post_attention_fast(h, vec_h)
 
     g_out = None
     if g is not None:

@@ -369,7 +369,7 @@ def forward_loss(model: XLNetLMHeadModel, batch: PLMBatch, mems, *, use_bf16: bo
     device = next(model.parameters()).device
     with autocast(device, use_bf16):
         out = model(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                    target_mapping=batch.target_mapping, mems=mems)
+                    target_mapping=batch.target_mapping, mems=mems, content_output=False)  # the loss needs only g
     return plm_loss(out.logits, batch.target_ids, batch.target_weights), out.mems  # logits [b, k, V]
 
 
