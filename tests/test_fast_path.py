@@ -190,3 +190,28 @@ def test_skipping_the_last_content_stream_keeps_logits_mems_and_gradients():
     grads = dict(skipping.named_parameters())
     for name, p in full.named_parameters():
         assert rel_err(grads[name].grad, p.grad) <= 1e-6, name
+
+
+def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_distribution():
+    from xlnet_ref.attention import residual_dropout
+    from xlnet_ref.model import feed_forward_fast
+
+    torch.manual_seed(0)
+    y = residual_dropout(torch.full((200_000,), 2.0), torch.ones(200_000), 0.3, True)  # 2 + dropout(1)
+    assert abs(float((y == 2.0).float().mean()) - 0.3) < 0.005
+    assert torch.allclose(y[y != 2.0], torch.full_like(y[y != 2.0], 2 + 1 / 0.7))
+    # the feed-forward with dropout averages to the one without (each mask keeps 1 - p, scaled back)
+    ff = random_lm(dropout=0.3).transformer.layer[0].ff
+    x = torch.randn(1, 3, SMALL["d_model"])
+    ff.eval()
+    with torch.no_grad():
+        plain = ff.layer_2(ff.activation(ff.layer_1(x)))
+        ff.train()
+        # isolate the inner dropout: mean of layer_2(dropout(inner)) over many draws, without the outer one
+        from xlnet_ref.attention import keep_mask
+
+        inner = ff.activation(ff.layer_1(x))
+        draws = torch.stack([torch.addmm(ff.layer_2.bias, (inner * keep_mask(inner, 0.3, True)).flatten(0, -2),
+                                         ff.layer_2.weight.t(), alpha=1 / 0.7) for _ in range(3000)]).mean(0)
+        assert rel_err(draws.view_as(plain), plain) < 0.05
+        assert feed_forward_fast(ff, x).shape == x.shape

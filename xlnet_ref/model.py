@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import RelativeAttention, fast_dropout
+from .attention import RelativeAttention, fast_dropout, keep_mask, residual_dropout
 from .checks import check_inputs
 from .config import XLNetConfig
 from .feed_forward import PositionwiseFF
@@ -56,10 +56,17 @@ class XLNetOutput:
 
 
 def feed_forward_fast(ff: PositionwiseFF, x: torch.Tensor) -> torch.Tensor:
-    """:class:`PositionwiseFF` on the fast path: the same weights and equation, :func:`fast_dropout`."""
-    out = fast_dropout(ff.activation(ff.layer_1(x)), ff.dropout.p, ff.training)
-    out = fast_dropout(ff.layer_2(out), ff.dropout.p, ff.training)
-    return ff.layer_norm(x + out)
+    """:class:`PositionwiseFF` on the fast path: the same weights and equation; the inner dropout's
+    1 / (1 - p) is applied inside the second matmul (addmm's alpha), the outer one with the residual."""
+    p = ff.dropout.p
+    inner = ff.activation(ff.layer_1(x))  # [b, i, d_inner]
+    mask = keep_mask(inner, p, ff.training)
+    if mask is None:
+        out = ff.layer_2(inner)
+    else:
+        flat = (inner * mask).flatten(0, -2)
+        out = torch.addmm(ff.layer_2.bias, flat, ff.layer_2.weight.t(), alpha=1.0 / (1.0 - p)).view(*x.shape[:-1], -1)
+    return ff.layer_norm(residual_dropout(x, out, p, ff.training))
 
 
 class XLNetLayer(nn.Module):
