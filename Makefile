@@ -38,8 +38,10 @@ demo: setup
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
 
+# the training step vs transformers (CPU, float32), then time and memory as seq_len and memory grow
 bench: setup
 	$(PY) benchmarks/train_step_vs_hf.py
+	$(PY) benchmarks/scaling.py
 
 golden: setup
 	$(PY) -m xlnet_ref.golden write

@@ -1,11 +1,17 @@
 """One two-stream training step of xlnet_ref against transformers' XLNetLMHeadModel, same weights, same inputs.
 
-    python benchmarks/train_step_vs_hf.py            # CPU, float32, the issue's configuration
+    python benchmarks/train_step_vs_hf.py            # CPU, float32, the issue's configuration (make bench)
+    python benchmarks/train_step_vs_hf.py --compile  # ours under torch.compile (transformers stays eager)
+    python benchmarks/train_step_vs_hf.py --implementation readable --adamw foreach   # the readable path
     python benchmarks/train_step_vs_hf.py --device cuda --dtype bf16   # when a GPU is lent
 
 The two are timed in interleaved pairs (ours, theirs, ours, theirs, ...) in one process so that machine
 noise hits both alike; the reported ratio is the median over pairs of t_hf / t_ours (> 1: we are faster).
 A step is forward + PLM loss + backward + AdamW update, with a full memory of mem_len states.
+Ours runs as ``train`` runs it: the fast path (XLNetConfig.implementation="fast") and fused AdamW;
+transformers runs as its users run it: eager, torch's default AdamW (foreach).
+The fraction of the matmul peak is (FLOPs of one step, counted by torch.utils.flop_counter) / (median
+step time) / (the best rate of one 2048^3 float32 matmul on this machine).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast on CUDA")
+    p.add_argument("--implementation", default="fast", choices=["fast", "readable"], help="our attention path")
+    p.add_argument("--adamw", default="fused", choices=["fused", "foreach"], help="our optimizer's kernel")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (warm-up includes compiling)")
     return p.parse_args()
 
 
@@ -60,12 +69,13 @@ def make_batch(args, device, generator):
 
 
 def step_fn(model, opt, batch, labels, mems, *, is_hf, autocast):
+    """One training step; returns the loss."""
     opt.zero_grad(set_to_none=True)
     with torch.autocast(device_type=labels.device.type, dtype=torch.bfloat16, enabled=autocast):
         if is_hf:
             logits = model(**batch, mems=mems, use_mems=True).logits
         else:
-            logits = model(**batch, mems=mems).logits
+            logits = model(**batch, mems=mems, content_output=False).logits  # as train.py: the loss needs only g
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -100,10 +110,10 @@ def main():
     autocast = args.dtype == "bf16"
     torch.manual_seed(0)
     cfg = XLNetConfig(vocab_size=args.vocab_size, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
-                      d_inner=args.d_inner, mem_len=args.mem_len, dropout=0.1)
+                      d_inner=args.d_inner, mem_len=args.mem_len, dropout=0.1, implementation=args.implementation)
     ours = XLNetLMHeadModel(cfg).to(device).train()
     theirs = to_hf(ours).to(device).train()
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=args.adamw == "fused")
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     mems = [torch.randn(args.batch, args.mem_len, args.d_model, device=device) for _ in range(args.n_layer)]
@@ -115,6 +125,8 @@ def main():
     with FlopCounterMode(display=False) as counter:
         step_fn(theirs, opt_theirs, batch, labels, mems_to_hf(mems), is_hf=True, autocast=autocast)
     flops_theirs = counter.get_total_flops()
+    if args.compile:  # after counting: the counter sees the eager operations (compiling does not change them)
+        ours = torch.compile(ours)
 
     for _ in range(args.warmup):
         step_fn(ours, opt_ours, batch, labels, mems, is_hf=False, autocast=autocast)
@@ -133,12 +145,14 @@ def main():
     peak = matmul_peak_gflops(device, torch.bfloat16 if autocast else torch.float32)
     med_ours, med_theirs = statistics.median(t_ours), statistics.median(t_theirs)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {dev_name}; torch {torch.__version__}; dtype {args.dtype}")
+    print(f"device: {dev_name}; torch {torch.__version__}; dtype {args.dtype}; ours: implementation "
+          f"{args.implementation}, AdamW {args.adamw}{', torch.compile' if args.compile else ''}; transformers: eager, AdamW foreach")
     print(f"config: batch {args.batch}, seq_len {args.seq_len}, num_predict {args.num_predict}, d_model {args.d_model}, "
           f"n_layer {args.n_layer}, n_head {args.n_head}, d_inner {args.d_inner}, mem_len {args.mem_len}, vocab {args.vocab_size}")
-    print(f"{'':14s}{'median step':>12s}{'tokens/s':>11s}{'GFLOP/step':>12s}{'GFLOP/s':>9s}")
+    print(f"{'':14s}{'median step':>12s}{'tokens/s':>11s}{'GFLOP/step':>12s}{'GFLOP/s':>9s}{'of peak':>9s}")
     for name, med, fl in (("xlnet_ref", med_ours, flops_ours), ("transformers", med_theirs, flops_theirs)):
-        print(f"{name:14s}{med * 1e3:10.1f}ms{tokens / med:11.0f}{fl / 1e9:12.2f}{fl / med / 1e9:9.1f}")
+        print(f"{name:14s}{med * 1e3:10.1f}ms{tokens / med:11.0f}{fl / 1e9:12.2f}{fl / med / 1e9:9.1f}"
+              f"{fl / med / 1e9 / peak:9.0%}")
     print(f"measured matmul peak ({'bf16' if autocast else 'fp32'}, 2048^3): {peak:.1f} GFLOP/s")
     print(f"throughput ratio xlnet_ref / transformers (median of {args.pairs} interleaved pairs): "
           f"{statistics.median(ratios):.2f}x  (min {min(ratios):.2f}, max {max(ratios):.2f})")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import RelativeAttention
+from .attention import RelativeAttention, fast_dropout, keep_mask, residual_dropout
 from .checks import check_inputs
 from .config import XLNetConfig
 from .feed_forward import PositionwiseFF
@@ -34,14 +34,15 @@ from .masks import attention_masks
 from .memory import cache_mem
 from .relative_position import relative_positional_encoding
 from .segments import segment_difference
-from .two_stream import target_positions, two_stream_attention
+from .two_stream import target_positions, two_stream_attention, two_stream_attention_fast
 
 
 @dataclass
 class XLNetOutput:
     """What a forward pass returns. Axis letters: b batch, i position, k prediction target, m model width."""
 
-    content: torch.Tensor  # [b, i, m] content stream h after the last layer (and dropout)
+    content: torch.Tensor | None  # [b, i, m] content stream h after the last layer (and dropout); None if
+    # forward(content_output=False) skipped it
     query: torch.Tensor | None  # [b, k, m] query stream g, when target_mapping was given
     mems: list[torch.Tensor] | None  # n_layer tensors [b, mlen, m]; None when mem_len is 0/None
     attentions: list | None = None  # per layer: prob_h [b, n, i, j], or (prob_h, prob_g [b, n, k, j])
@@ -54,6 +55,20 @@ class XLNetOutput:
         return self.query if self.query is not None else self.content
 
 
+def feed_forward_fast(ff: PositionwiseFF, x: torch.Tensor) -> torch.Tensor:
+    """:class:`PositionwiseFF` on the fast path: the same weights and equation; the inner dropout's
+    1 / (1 - p) is applied inside the second matmul (addmm's alpha), the outer one with the residual."""
+    p = ff.dropout.p
+    inner = ff.activation(ff.layer_1(x))  # [b, i, d_inner]
+    mask = keep_mask(inner, p, ff.training)
+    if mask is None:
+        out = ff.layer_2(inner)
+    else:
+        flat = (inner * mask).flatten(0, -2)
+        out = torch.addmm(ff.layer_2.bias, flat, ff.layer_2.weight.t(), alpha=1.0 / (1.0 - p)).view(*x.shape[:-1], -1)
+    return ff.layer_norm(residual_dropout(x, out, p, ff.training))
+
+
 class XLNetLayer(nn.Module):
     """One layer: two-stream relative attention, then the shared feed-forward on each stream."""
 
@@ -62,7 +77,12 @@ class XLNetLayer(nn.Module):
         self.rel_attn = RelativeAttention(config)
         self.ff = PositionwiseFF(config)
 
-    def forward(self, h, g, *, mem, k_r, trace=None, **attn_kwargs):
+    def forward(self, h, g, *, mem, k_r, trace=None, fast=False, skip_content=False, **attn_kwargs):
+        if fast:  # same numbers, fewer passes; no probabilities, no trace (see attention.py)
+            h, g = two_stream_attention_fast(self.rel_attn, h, g, mem, k_r, skip_content=skip_content, **attn_kwargs)
+            h = feed_forward_fast(self.ff, h) if h is not None else None
+            g = feed_forward_fast(self.ff, g) if g is not None else None
+            return h, g, None, None
         h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
         h = self.ff(h)
         g = self.ff(g) if g is not None else None
@@ -119,12 +139,15 @@ class XLNetModel(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         trace: dict | None = None,
+        content_output: bool = True,
     ) -> XLNetOutput:
         """input_ids [b, i]; token_type_ids [b, i]; attention_mask [b, i] (1 = real token) or input_mask
         [b, i] (1 = padding); perm_mask [b, i, j] (1 = i may NOT attend to j); target_mapping [b, k, j]
         (one-hot rows: the k-th prediction is at position j; zero rows = padding targets); mems: n_layer
         tensors [b, mlen, m] in the model's dtype, on its device. trace: a dict to fill with every
-        intermediate stage (validate.py).
+        intermediate stage (validate.py). content_output False (with target_mapping, on the fast path):
+        the last layer's content stream, which neither the logits nor the memories use, is not computed
+        and ``content`` is None — what the PLM loss needs, about a quarter of one layer less work.
 
         input_ids must be torch.long (or int32). Every tensor must be on the model's device.
 
@@ -133,18 +156,22 @@ class XLNetModel(nn.Module):
         gives wrong outputs. Convert transformers' mems with ``xlnet_ref.interop.mems_from_hf``
         (and back with ``mems_to_hf``), never by hand."""
         cfg = self.config
-        check_inputs(
-            cfg,
-            input_ids=input_ids,
-            token_type_ids=token_type_ids,
-            attention_mask=attention_mask,
-            input_mask=input_mask,
-            perm_mask=perm_mask,
-            target_mapping=target_mapping,
-            mems=mems,
-            dtype=self.word_embedding.weight.dtype,
-            device=self.word_embedding.weight.device,
-        )
+        # the fast path (config.implementation) where nothing asks for the readable path's intermediates
+        fast = cfg.implementation == "fast" and trace is None and not output_attentions
+        drop = (lambda x: fast_dropout(x, self.dropout.p, self.training)) if fast else self.dropout
+        if not torch.compiler.is_compiling():  # the value checks read tensors: torch.compile skips them
+            check_inputs(
+                cfg,
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                attention_mask=attention_mask,
+                input_mask=input_mask,
+                perm_mask=perm_mask,
+                target_mapping=target_mapping,
+                mems=mems,
+                dtype=self.word_embedding.weight.dtype,
+                device=self.word_embedding.weight.device,
+            )
         b, qlen = input_ids.shape
         mlen = mems[0].shape[1] if mems is not None else 0
         klen = mlen + qlen
@@ -163,18 +190,18 @@ class XLNetModel(nn.Module):
         )
         seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
 
-        h = self.dropout(self.word_embedding(input_ids))  # h^(0): [b, i, m]
+        h = drop(self.word_embedding(input_ids))  # h^(0): [b, i, m]
         g = target_pos = target_valid = None
         if target_mapping is not None:
             target_pos, target_valid = target_positions(target_mapping)
-            g = self.dropout(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
+            g = drop(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
 
         # R in float32 as both reference codes compute it, then in the model's dtype
         pos_emb = relative_positional_encoding(
             qlen, klen, d_model=cfg.d_model, attn_type=cfg.attn_type, bi_data=cfg.bi_data,
             clamp_len=cfg.clamp_len, device=device,
         ).to(dtype)  # [p, r, m]
-        pos_emb = self.dropout(pos_emb)
+        pos_emb = drop(pos_emb)
 
         if trace is not None:
             trace.update(word_emb=h, pos_emb=pos_emb, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask,
@@ -191,9 +218,12 @@ class XLNetModel(nn.Module):
             layer_trace = {} if trace is not None else None
             # W_{k,R} R is the same for every batch row of a half: project it once per layer
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
+            skip_content = (fast and not content_output and g is not None and hidden_states is None
+                            and layer_index == cfg.n_layer - 1)
             h, g, prob_h, prob_g = layer(
                 h, g, mem=mem, k_r=k_r, trace=layer_trace, seg_diff=seg_diff, attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid,
+                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid, fast=fast,
+                skip_content=skip_content,
                 **self.layer_biases(layer_index),
             )
             if trace is not None:
@@ -206,8 +236,8 @@ class XLNetModel(nn.Module):
         if hidden_states is not None:
             hidden_states.append(h if g is None else (h, g))
 
-        content = self.dropout(h)
-        query = self.dropout(g) if g is not None else None
+        content = drop(h) if h is not None else None
+        query = drop(g) if g is not None else None
         return XLNetOutput(content=content, query=query, mems=new_mems, attentions=attentions,
                            hidden_states=hidden_states)
 

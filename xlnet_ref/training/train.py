@@ -39,6 +39,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from types import MappingProxyType
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed
 from . import run_folder
 from .interrupt import StopRequests, TrainingInterrupted
 from ..config import XLNetConfig, dataclass_from_dict
@@ -93,6 +95,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda, then mps, then cpu
     bf16: bool = True  # bf16 autocast, used on CUDA only
+    # speed only (same numbers): the model's attention path (XLNetConfig.implementation) and torch.compile
+    implementation: str = "fast"
+    compile: bool = False
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -106,6 +111,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"TrainConfig.{name}: expected an int >= 0, got {value!r}")
+        if self.implementation not in ("readable", "fast"):
+            raise ValueError(f"TrainConfig.implementation: expected 'readable' or 'fast', got {self.implementation!r}")
         if self.tokenizer not in ("byte", "sentencepiece"):
             raise ValueError(f"TrainConfig.tokenizer: expected 'byte' or 'sentencepiece', got {self.tokenizer!r}")
         if not self.model.mem_len or not self.model.reuse_len:
@@ -222,7 +229,10 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     for name, p in model.named_parameters():  # a tied tensor is listed once
         (decay if uses_weight_decay(name) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_epsilon)
+    # the fast path also fuses the update into one kernel per parameter group (same numbers to round-off)
+    fused = config.implementation == "fast" and next(model.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_epsilon,
+                             fused=fused or None)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -370,7 +380,7 @@ def forward_loss(model: XLNetLMHeadModel, batch: PLMBatch, mems, *, use_bf16: bo
     device = next(model.parameters()).device
     with autocast(device, use_bf16):
         out = model(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                    target_mapping=batch.target_mapping, mems=mems)
+                    target_mapping=batch.target_mapping, mems=mems, content_output=False)  # the loss needs only g
     return plm_loss(out.logits, batch.target_ids, batch.target_weights), out.mems  # logits [b, k, V]
 
 
@@ -450,7 +460,7 @@ def load_run(checkpoint: str | Path, *, device: str = "cpu", verify: bool = True
 
 # Fields that may differ when resuming; everything else must match the checkpoint. A new `steps`
 # (train longer) re-shapes the decay from there on, so that run is no longer one straight run.
-RESUME_MAY_CHANGE = ("steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints")
+RESUME_MAY_CHANGE = ("steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "implementation", "compile")
 
 
 def latest_checkpoint(path: str | Path) -> Path:
@@ -525,12 +535,18 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
     ``out_dir``) and :class:`~xlnet_ref.training.interrupt.TrainingInterrupted` raised (run_folder.py
     and interrupt.py have the folder rules).
     """
-    with StopRequests() as stop:
-        return _train(config, out_dir=out_dir, resume=resume, stop_at=stop_at, overwrite=overwrite, progress=progress,
-                      log=log, verify=verify, stop=stop)
+    world = distributed.world_from_env()  # torchrun's ranks (one process without torchrun)
+    try:
+        with StopRequests() as stop:
+            return _train(config, out_dir=out_dir, resume=resume, stop_at=stop_at, overwrite=overwrite,
+                          progress=progress and world.is_main, log=log if world.is_main else None, verify=verify,
+                          stop=stop, world=world)
+    finally:
+        distributed.stop(world)
 
 
-def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify, stop: StopRequests) -> TrainResult:
+def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify, stop: StopRequests,
+           world: distributed.World = distributed.World()) -> TrainResult:
     from tqdm.auto import tqdm
 
     log = log or (lambda *a, **k: None)
@@ -562,15 +578,18 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
                          "nothing to train; pass a larger steps (--steps) to train longer")
     out_dir = Path(out_dir) if out_dir is not None else None
     folder = None
-    if out_dir is not None:  # before any work: a folder that cannot be written is found now, not at the end
+    if out_dir is not None and world.is_main:  # before any work: a folder that cannot be written is found now
         run_folder.check_writable(out_dir, what="out_dir (--out)")
         removed = run_folder.remove_stale_temporaries(out_dir)
         if removed:
             log(f"removed leftovers of an interrupted save in {str(out_dir)!r}: {', '.join(removed)}")
         folder = run_folder.plan_run_folder(out_dir, resume_from=resume_from, overwrite=overwrite,
                                             resume_step=None if saved_state is None else saved_state["step"])
-    device = resolve_device(config.device)
+    device = distributed.start(world, resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
     use_bf16 = config.bf16 and device.type == "cuda"
+    halves = 2 if config.model.bi_data else 1
+    if world.active:
+        distributed.check_batch_size(config.batch_size, world, halves=halves)
 
     # Data first (SentencePiece training must not touch torch's RNG; it has its own seed).
     tokenizer = load_tokenizer(resume_from) if resume_from is not None else None
@@ -584,7 +603,7 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
                                    "was trained on (sha256 mismatch); an exact resume needs the same corpus")
 
     torch.manual_seed(config.seed)  # initial weights and dropout
-    model = XLNetLMHeadModel(config.model).to(device)
+    model = XLNetLMHeadModel(dataclasses.replace(config.model, implementation=config.implementation)).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     data_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -599,10 +618,15 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler, verify=False)
         _cross_check_state(state, scheduler, resume_from)
-        step, history, mems = state.step, state.extra["history"], state.mems
+        step, history = state.step, state.extra["history"]
+        mems = distributed.local_mems(state.mems, world, halves=halves)  # the checkpoint holds every row's
         batches.restore(state.extra["data"], state.rng)
         ckpt.restore_rng_state(state.rng)  # last: nothing after this may draw before step `step`
         log(f"resumed from {resume_from} at step {step}")
+    distributed.seed_dropout(world, config.seed, step)  # several ranks: each its own dropout masks
+    step_model = distributed.wrap(model, world, device)  # DDP: gradients averaged over the ranks
+    if config.compile:
+        step_model = torch.compile(step_model)
 
     if folder is not None:
         folder.clear_foreign(log)  # only with overwrite; plan_run_folder refused them otherwise
@@ -611,15 +635,19 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
     n_params = sum(p.numel() for p in model.parameters())
     log(f"training {config.name}: {n_params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} x "
         f"{config.seq_len} tokens, {data.train_tokens.numel()} training tokens, device {device}"
-        + (" (bf16 autocast)" if use_bf16 else ""))
+        + (" (bf16 autocast)" if use_bf16 else "")
+        + (f", {world.world_size} ranks of {config.batch_size // world.world_size} rows" if world.active else ""))
 
     def save(at_step: int) -> Path:
-        data_meta, data_tensors = batches.state()
+        all_mems = distributed.gather_rows(mems, world, halves=halves)  # every rank takes part; rank 0 writes
         path = out_dir / f"checkpoint-{at_step:07d}"
+        if not world.is_main:
+            return path
+        data_meta, data_tensors = batches.state()
         extra = {"train_config": config.to_dict(), "history": history, "data": data_meta,
                  "corpus_sha256": data.corpus_sha256}
         ckpt.save_checkpoint(path, model=model, step=at_step, optimizer=optimizer, scheduler=scheduler,
-                             rng=ckpt.capture_rng_state() | data_tensors, mems=mems, extra=extra, tokenizer=tokenizer)
+                             rng=ckpt.capture_rng_state() | data_tensors, mems=all_mems, extra=extra, tokenizer=tokenizer)
         run_folder.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
         folder.wrote(path, keep=config.keep_checkpoints)  # rotates this run's checkpoints only
         return path
@@ -633,8 +661,11 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         batch, new_epoch = batches.next()
         if new_epoch:
             mems = None  # the text starts over: the memory holds unrelated text
-        batch = batch.to(device)
-        loss, mems = forward_loss(model, batch, mems, use_bf16=use_bf16)
+        global_weights = batch.target_weights
+        batch = distributed.rows_of(batch, world, halves=halves).to(device)  # this rank's rows
+        loss, mems = forward_loss(step_model, batch, mems, use_bf16=use_bf16)
+        if world.active:  # so that DDP's average of the gradients is the global masked mean's
+            loss = loss * distributed.global_loss_factor(batch.target_weights, global_weights.to(device), world)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
         lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
@@ -642,7 +673,7 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_value = float(loss.detach())
+        loss_value = float(distributed.mean_over_ranks(loss.detach(), world))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"train: the loss became {loss_value} at step {step}; lower learning_rate "
                                      f"(now {config.learning_rate}) or check the data")
@@ -652,7 +683,7 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_batch / dt:,.0f}", refresh=False)
 
-        if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+        if world.is_main and ((config.eval_every and step % config.eval_every == 0) or step == config.steps):
             scores = evaluate(model, held_out, tokenizer=tokenizer, use_bf16=use_bf16)
             history.append({"kind": "eval", "step": step, **scores})
             line = f"step {step}: eval PLM loss {scores['eval_plm_loss']:.3f}, left-to-right loss {scores['eval_l2r_loss']:.3f}"
@@ -662,14 +693,16 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
                 log(line)
         if out_dir is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0) or step == end):
             last_checkpoint = save(step)
-        if stop.signal is not None and step < end:  # (on the last step the run is complete: just finish)
+        # (on the last step the run is complete: just finish); with several ranks all stop together
+        if distributed.any_rank(stop.signal is not None, world, device) and step < end:
             bar.close()
             if out_dir is not None and (last_checkpoint is None or run_folder.checkpoint_step(last_checkpoint) != step):
                 last_checkpoint = save(step)
             where = (f"checkpoint {last_checkpoint}; resume with: python -m xlnet_ref.train --resume {out_dir}"
                      if out_dir is not None else "nothing saved (no out_dir)")
-            raise TrainingInterrupted(f"interrupted by {stop.name} after step {step} of {config.steps}: {where}",
-                                      step=step, checkpoint=last_checkpoint, signum=stop.signal)
+            raise TrainingInterrupted(f"interrupted by {stop.name or 'another rank'} after step {step} of "
+                                      f"{config.steps}: {where}", step=step, checkpoint=last_checkpoint,
+                                      signum=stop.signal or signal.SIGTERM)
     bar.close()
     model.eval()
     return TrainResult(model=model, tokenizer=tokenizer, history=history, config=config, checkpoint=last_checkpoint,
@@ -699,6 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--dropout", type=float, help="the model's dropout (default: the preset's)")
+    p.add_argument("--implementation", choices=["fast", "readable"],
+                   help="the attention path: fast (default; same numbers) or readable (the notebooks' code)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile it)")
     p.add_argument("--out", help="run folder for checkpoints and history.json (default runs/<preset>)")
     p.add_argument("--resume", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("--stop-at", type=int, help="stop after this many steps as if interrupted (resume later)")
@@ -717,9 +754,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
     overrides = {k: getattr(args, k) for k in ("corpus", "tokenizer", "sp_vocab_size", "steps", "batch_size", "seq_len",
                                                "learning_rate", "warmup_steps", "eval_every", "checkpoint_every",
-                                               "seed", "device") if getattr(args, k) is not None}
+                                               "seed", "device", "implementation") if getattr(args, k) is not None}
     if args.no_bf16:
         overrides["bf16"] = False
+    if args.compile:
+        overrides["compile"] = True
     if "steps" in overrides and "warmup_steps" not in overrides and args.resume is None:
         # keep the preset's warm-up fraction when only the length of the run changes
         base = PRESETS[args.preset or "tiny"]()
@@ -729,8 +768,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
         base = _saved_train_config(ckpt.read_training_state(source, verify=not args.no_verify), source)
         if args.preset is not None and args.preset != base.name:
             raise ValueError(f"--preset {args.preset}: the checkpoint was trained with preset {base.name!r}")
-        return dataclasses.replace(base, **overrides)
-    return preset(args.preset or "tiny", **overrides)
+        return with_dropout(dataclasses.replace(base, **overrides), args.dropout)
+    return with_dropout(preset(args.preset or "tiny", **overrides), args.dropout)
+
+
+def with_dropout(config: TrainConfig, dropout: float | None) -> TrainConfig:
+    """--dropout: the model's dropout rate replaced (checked by XLNetConfig)."""
+    if dropout is None:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, dropout=dropout))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,217 @@
+"""The fast path (config.implementation = "fast") gives the readable path's numbers: outputs, memories,
+loss and gradients to float32 round-off, for every configuration switch that changes the attention,
+and it still matches transformers. The two models share their weights exactly (a deep copy)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from helpers import SMALL, random_inputs, random_lm, rel_err
+from test_parity import CASES, hf_forward
+from xlnet_ref.interop import mems_from_hf, to_hf
+from xlnet_ref.permutation import plm_loss
+
+
+def fast_twin(model):
+    """The same weights, run on the fast path."""
+    twin = copy.deepcopy(model)
+    twin.config.implementation = "fast"  # the LM head and the backbone share one config object
+    assert twin.transformer.config.implementation == "fast"
+    return twin
+
+
+def with_padding_target(kw: dict) -> dict:
+    """The last target of row 0 becomes a padding target (an all-zero row of target_mapping)."""
+    if "target_mapping" in kw:
+        kw = dict(kw, target_mapping=kw["target_mapping"].clone())
+        kw["target_mapping"][0, -1] = 0
+    return kw
+
+
+def chained_calls(model, overrides, opts, batch, *, seed=0, calls=3, dtype=torch.float32):
+    """Three calls, each one's memory feeding the next (mlen 0, then > 0, then full)."""
+    outs, mems = [], None
+    for call in range(calls):
+        kw = with_padding_target(random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"],
+                                               seed=100 * seed + call, **opts))
+        kw = {k: v.to(dtype) if v.is_floating_point() else v for k, v in kw.items()}
+        out = model(**kw, mems=mems, output_hidden_states=True)
+        outs.append(out)
+        mems = out.mems
+    return outs
+
+
+@pytest.mark.parametrize("case_id, overrides, opts, batch", CASES, ids=[c[0] for c in CASES])
+def test_fast_path_outputs_equal_the_readable_path(case_id, overrides, opts, batch):
+    readable = random_lm(**{"mem_len": 6, **overrides})
+    fast = fast_twin(readable)
+    for call, (a, b) in enumerate(zip(chained_calls(fast, overrides, opts, batch), chained_calls(readable, overrides, opts, batch))):
+        assert rel_err(a.logits, b.logits) <= 1e-5, f"call {call}: logits"
+        assert rel_err(a.content, b.content) <= 1e-5, f"call {call}: content stream"
+        if b.query is not None:
+            assert rel_err(a.query, b.query) <= 1e-5, f"call {call}: query stream"
+        for layer, (ma, mb) in enumerate(zip(a.mems, b.mems)):
+            assert rel_err(ma, mb) <= 1e-5, f"call {call}: mems[{layer}]"
+        for layer, (ha, hb) in enumerate(zip(a.hidden_states, b.hidden_states)):
+            for sa, sb in zip(ha if isinstance(ha, tuple) else (ha,), hb if isinstance(hb, tuple) else (hb,)):
+                assert rel_err(sa, sb) <= 1e-5, f"call {call}: hidden state {layer}"
+
+
+GRADIENT_CASES = [c for c in CASES if "num_predict" in c[2]]  # the training setting: two streams, a PLM loss
+
+
+@pytest.mark.parametrize("case_id, overrides, opts, batch", GRADIENT_CASES, ids=[c[0] for c in GRADIENT_CASES])
+def test_fast_path_loss_and_gradients_equal_the_readable_path(case_id, overrides, opts, batch):
+    readable = random_lm(**{"mem_len": 6, **overrides}).train()  # dropout is 0
+    fast = fast_twin(readable).train()
+    kw = with_padding_target(random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=5, **opts))
+    mems = [torch.randn(batch, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(l)) for l in range(SMALL["n_layer"])]
+    k = kw["target_mapping"].shape[1]
+    targets = torch.randint(0, SMALL["vocab_size"], (batch, k), generator=torch.Generator().manual_seed(9))
+    weights = (kw["target_mapping"].sum(-1) > 0).float()
+    losses = []
+    for model in (readable, fast):
+        loss = plm_loss(model(**kw, mems=mems).logits, targets, weights)
+        loss.backward()
+        losses.append(loss)
+    assert abs(float(losses[0].detach()) - float(losses[1].detach())) <= 1e-5 * abs(float(losses[0].detach()))
+    grads_fast = dict(fast.named_parameters())
+    checked = 0
+    for name, p in readable.named_parameters():
+        if p.grad is None:
+            continue
+        assert grads_fast[name].grad is not None, f"{name}: no gradient on the fast path"
+        # sums over every (b, n, i, j) in a different order: round-off grows with them, hence 5e-5
+        assert rel_err(grads_fast[name].grad, p.grad) <= 5e-5, f"gradient of {name} differs"
+        checked += 1
+    assert checked >= 10
+
+
+def test_fast_path_matches_transformers():
+    """The fast path against transformers directly (test_parity.py checks the readable one)."""
+    for case_id, overrides, opts, batch in CASES:
+        fast = fast_twin(random_lm(**{"mem_len": 6, **overrides}))
+        hf = to_hf(fast).eval()
+        mems_ours = mems_hf = None
+        for call in range(3):
+            kw = random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=call, **opts)
+            ours = fast(**kw, mems=mems_ours)
+            theirs = hf_forward(hf, kw, mems_hf)
+            assert rel_err(ours.logits, theirs.logits) <= 1e-5, f"{case_id}, call {call}: logits"
+            for layer, (a, b) in enumerate(zip(ours.mems, mems_from_hf(theirs.mems))):
+                assert rel_err(a, b) <= 1e-5, f"{case_id}, call {call}: mems[{layer}]"
+            mems_ours, mems_hf = ours.mems, theirs.mems
+
+
+def test_fast_path_is_sensitive_to_the_segment_and_position_terms():
+    """The comparison can fail: change s_- or W_{k,R} on the fast twin only and it must show."""
+    readable = random_lm(mem_len=6)
+    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=1, token_types=True, perm=True,
+                       num_predict=3)
+    for name in ("seg_embed", "r"):
+        fast = fast_twin(readable)
+        with torch.no_grad():
+            getattr(fast.transformer.layer[1].rel_attn, name)[1, 2, 3] += 1e-2
+        assert rel_err(fast(**kw).logits, readable(**kw).logits) > 1e-5, name
+
+
+def test_fully_masked_rows_stay_finite_in_float16():
+    """'uni' without memory: the query stream at position 0 sees nothing (its row is fully masked).
+    Both paths set masked scores to -65500 in float16 (subtracting would overflow to -inf and give NaN)."""
+    readable = random_lm(attn_type="uni", mem_len=0, std=0.5, dtype=torch.float16)
+    fast = fast_twin(readable)
+    kw = random_inputs(batch=2, seq_len=6, vocab_size=SMALL["vocab_size"], seed=2, token_types=True, perm=True,
+                       num_predict=6)
+    kw["target_mapping"] = torch.eye(6).expand(2, 6, 6).to(torch.float16)  # position 0 is a target
+    kw["perm_mask"] = kw["perm_mask"].to(torch.float16)
+    a, b = fast(**kw).logits, readable(**kw).logits
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert rel_err(a.float(), b.float()) <= 2e-2  # float16 round-off, through 3 layers
+
+
+def test_fast_path_falls_back_when_attentions_are_asked_for():
+    fast = fast_twin(random_lm())
+    kw = random_inputs(batch=2, seq_len=5, vocab_size=SMALL["vocab_size"], seed=3, perm=True, num_predict=2)
+    out = fast(**kw, output_attentions=True)
+    assert len(out.attentions) == SMALL["n_layer"] and out.attentions[0][0].shape == (2, SMALL["n_head"], 5, 5)
+
+
+def test_implementation_is_checked_and_not_saved():
+    from xlnet_ref import XLNetConfig
+
+    with pytest.raises(ValueError, match="implementation"):
+        XLNetConfig(**SMALL, implementation="quick")
+    cfg = XLNetConfig(**SMALL, implementation="fast")
+    assert "implementation" not in cfg.to_dict()
+    assert cfg == XLNetConfig(**SMALL)  # how it runs is not what it is
+
+
+def test_fast_dropout_has_nn_dropouts_distribution():
+    """Kept with probability 1 - p and scaled by 1 / (1 - p); the identity in eval mode or with p = 0."""
+    from xlnet_ref.attention import fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = fast_dropout(x, 0.3, True)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.3) < 0.005, dropped
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
+    assert fast_dropout(x, 0.3, False) is x and fast_dropout(x, 0.0, True) is x
+
+
+def test_fast_path_with_dropout_equals_readable_in_eval_mode_and_differs_in_train_mode():
+    readable = random_lm(mem_len=6, dropout=0.3)
+    fast = fast_twin(readable)
+    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=4, token_types=True, perm=True,
+                       num_predict=3)
+    assert rel_err(fast(**kw).logits, readable(**kw).logits) <= 1e-5  # eval mode: no dropout
+    fast.train()
+    assert rel_err(fast(**kw).logits, readable(**kw).logits) > 1e-3  # the dropout is really applied
+
+
+def test_skipping_the_last_content_stream_keeps_logits_mems_and_gradients():
+    """content_output=False: the last layer's content stream (unused by the logits and the memories) is
+    not computed; logits, memories, loss and gradients are those of the full forward."""
+    full = fast_twin(random_lm(mem_len=6, bi_data=True)).train()
+    skipping = copy.deepcopy(full)
+    kw = with_padding_target(random_inputs(batch=4, seq_len=7, vocab_size=SMALL["vocab_size"], seed=6,
+                                           token_types=True, perm=True, num_predict=3))
+    weights = (kw["target_mapping"].sum(-1) > 0).float()
+    targets = torch.randint(0, SMALL["vocab_size"], (4, 3), generator=torch.Generator().manual_seed(1))
+    a, b = full(**kw), skipping(**kw, content_output=False)
+    assert b.content is None and a.content is not None
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(x, y) for x, y in zip(a.mems, b.mems))
+    plm_loss(a.logits, targets, weights).backward()
+    plm_loss(b.logits, targets, weights).backward()
+    grads = dict(skipping.named_parameters())
+    for name, p in full.named_parameters():
+        assert rel_err(grads[name].grad, p.grad) <= 1e-6, name
+
+
+def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_distribution():
+    from xlnet_ref.attention import residual_dropout
+    from xlnet_ref.model import feed_forward_fast
+
+    torch.manual_seed(0)
+    y = residual_dropout(torch.full((200_000,), 2.0), torch.ones(200_000), 0.3, True)  # 2 + dropout(1)
+    assert abs(float((y == 2.0).float().mean()) - 0.3) < 0.005
+    assert torch.allclose(y[y != 2.0], torch.full_like(y[y != 2.0], 2 + 1 / 0.7))
+    # the feed-forward with dropout averages to the one without (each mask keeps 1 - p, scaled back)
+    ff = random_lm(dropout=0.3).transformer.layer[0].ff
+    x = torch.randn(1, 3, SMALL["d_model"])
+    ff.eval()
+    with torch.no_grad():
+        plain = ff.layer_2(ff.activation(ff.layer_1(x)))
+        ff.train()
+        # isolate the inner dropout: mean of layer_2(dropout(inner)) over many draws, without the outer one
+        from xlnet_ref.attention import keep_mask
+
+        inner = ff.activation(ff.layer_1(x))
+        draws = torch.stack([torch.addmm(ff.layer_2.bias, (inner * keep_mask(inner, 0.3, True)).flatten(0, -2),
+                                         ff.layer_2.weight.t(), alpha=1 / 0.7) for _ in range(3000)]).mean(0)
+        assert rel_err(draws.view_as(plain), plain) < 0.05
+        assert feed_forward_fast(ff, x).shape == x.shape
