@@ -15,7 +15,7 @@ on its own and give it back when freed (MALLOC_ENV), so the resident set follows
 instead of what the allocator keeps. On CUDA it is the allocator's peak above the
 memory held after the warm-up (``torch.cuda.max_memory_allocated``).
 
-Ours runs as ``train`` runs it (fast path, fused AdamW); transformers eager with its default AdamW.
+Ours runs as ``train --implementation fast`` runs it (fast path, fused AdamW); transformers eager with its default AdamW.
 Two-stream inputs as in train_step_vs_hf.py: a random factorization order per row, seq_len // 6 targets.
 Results go to a JSON file (--out) and a figure (--figure); the Markdown table is printed.
 """

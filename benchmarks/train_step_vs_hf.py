@@ -8,7 +8,7 @@
 The two are timed in interleaved pairs (ours, theirs, ours, theirs, ...) in one process so that machine
 noise hits both alike; the reported ratio is the median over pairs of t_hf / t_ours (> 1: we are faster).
 A step is forward + PLM loss + backward + AdamW update, with a full memory of mem_len states.
-Ours runs as ``train`` runs it: the fast path (XLNetConfig.implementation="fast") and fused AdamW;
+Ours runs as ``train --implementation fast`` runs it: the fast path (XLNetConfig.implementation="fast") and fused AdamW;
 transformers runs as its users run it: eager, torch's default AdamW (foreach).
 The fraction of the matmul peak is (FLOPs of one step, counted by torch.utils.flop_counter) / (median
 step time) / (the best rate of one 2048^3 float32 matmul on this machine).
