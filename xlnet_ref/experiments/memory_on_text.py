@@ -87,7 +87,8 @@ def single_thread():
 def make_adamw(model: torch.nn.Module, *, learning_rate: float, steps: int, warmup_steps: int):
     """(optimizer, scheduler): the pretraining recipe of ``training.train`` (AdamW with its decay groups,
     linear warm-up, linear decay to ``min_lr_ratio``) for a run of ``steps`` updates."""
-    recipe = types.SimpleNamespace(learning_rate=learning_rate, weight_decay=0.01, adam_epsilon=1e-6)
+    recipe = types.SimpleNamespace(learning_rate=learning_rate, weight_decay=0.01, adam_epsilon=1e-6,
+                                   implementation="readable")  # the fields make_optimizer reads; unfused AdamW
     optimizer = make_optimizer(model, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.001))
