@@ -93,6 +93,16 @@ class XLNetConfig:
         return dataclass_from_dict(cls, d)
 
 
+def check_int_fields(obj, names, *, minimum: int) -> None:
+    """Each field in ``names`` of the dataclass ``obj`` must be an int (not a bool) >= ``minimum``: a
+    ValueError naming ``Class.field`` otherwise (shared by TrainConfig and FinetuneConfig)."""
+    expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{type(obj).__name__}.{name}: expected {expected}, got {value!r}")
+
+
 def dataclass_from_dict(cls, d: dict):
     """Build the dataclass ``cls`` from a dict, naming any field it does not have (a typo in a saved
     config fails here instead of being dropped)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from ..config import XLNetConfig, dataclass_from_dict
+from ..config import XLNetConfig, check_int_fields, dataclass_from_dict
 from ..heads import HEADS, HeadConfig, best_span
 from .finetune_data import TASK_HEADS, TASK_LABELS, TASKS, task_examples
 from .tokenizer import ByteTokenizer
@@ -85,14 +85,8 @@ class FinetuneConfig:
             raise ValueError(f"FinetuneConfig.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
         if not isinstance(self.init, str) or not self.init:
             raise ValueError(f"FinetuneConfig.init: expected 'scratch' or a checkpoint folder, got {self.init!r}")
-        for name in ("seq_len", "n_train", "n_eval", "steps", "batch_size", "max_answer_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"FinetuneConfig.{name}: expected a positive int, got {value!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"FinetuneConfig.{name}: expected an int >= 0, got {value!r}")
+        check_int_fields(self, ("seq_len", "n_train", "n_eval", "steps", "batch_size", "max_answer_length"), minimum=1)
+        check_int_fields(self, ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"), minimum=0)
         if self.batch_size > self.n_train:
             raise ValueError(f"FinetuneConfig.batch_size: expected at most n_train={self.n_train}, got {self.batch_size}")
         if self.warmup_steps >= self.steps:

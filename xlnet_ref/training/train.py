@@ -52,7 +52,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from . import run_folder
 from .interrupt import StopRequests, TrainingInterrupted
-from ..config import XLNetConfig, dataclass_from_dict
+from ..config import XLNetConfig, check_int_fields, dataclass_from_dict
 from .corpus import load_corpus, split_corpus
 from ..model import XLNetLMHeadModel
 from ..permutation import plm_loss
@@ -104,15 +104,9 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = XLNetConfig.from_dict(self.model)
-        positive = ("seq_len", "batch_size", "num_predict", "steps", "eval_batches", "sp_vocab_size", "max_span")
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"TrainConfig.{name}: expected a positive int, got {value!r}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name}: expected an int >= 0, got {value!r}")
+        check_int_fields(self, ("seq_len", "batch_size", "num_predict", "steps", "eval_batches", "sp_vocab_size",
+                                "max_span"), minimum=1)
+        check_int_fields(self, ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"), minimum=0)
         if self.implementation not in ("readable", "fast"):
             raise ValueError(f"TrainConfig.implementation: expected 'readable' or 'fast', got {self.implementation!r}")
         if self.tokenizer not in ("byte", "sentencepiece"):
