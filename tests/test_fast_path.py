@@ -149,19 +149,6 @@ def test_implementation_is_checked_and_not_saved():
     assert cfg == XLNetConfig(**SMALL)  # how it runs is not what it is
 
 
-def test_fast_dropout_has_nn_dropouts_distribution():
-    """Kept with probability 1 - p and scaled by 1 / (1 - p); the identity in eval mode or with p = 0."""
-    from xlnet_ref.attention import fast_dropout
-
-    torch.manual_seed(0)
-    x = torch.ones(200_000)
-    y = fast_dropout(x, 0.3, True)
-    dropped = float((y == 0).float().mean())
-    assert abs(dropped - 0.3) < 0.005, dropped
-    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
-    assert fast_dropout(x, 0.3, False) is x and fast_dropout(x, 0.0, True) is x
-
-
 def test_fast_path_with_dropout_equals_readable_in_eval_mode_and_differs_in_train_mode():
     readable = random_lm(mem_len=6, dropout=0.3)
     fast = fast_twin(readable)
@@ -193,13 +180,13 @@ def test_skipping_the_last_content_stream_keeps_logits_mems_and_gradients():
 
 
 def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_distribution():
-    from xlnet_ref.attention import residual_dropout
-    from xlnet_ref.model import feed_forward_fast
+    from xlnet_ref.dropout import keep_mask, residual_dropout
+    from xlnet_ref.feed_forward import feed_forward_fast
 
     torch.manual_seed(0)
     y = residual_dropout(torch.full((200_000,), 2.0), torch.ones(200_000), 0.3, True)  # 2 + dropout(1)
     assert abs(float((y == 2.0).float().mean()) - 0.3) < 0.005
-    assert torch.allclose(y[y != 2.0], torch.full_like(y[y != 2.0], 2 + 1 / 0.7))
+    assert torch.allclose(y[y != 2.0], torch.full_like(y[y != 2.0], 2 + 1 / 0.7), rtol=1e-4)
     # the feed-forward with dropout averages to the one without (each mask keeps 1 - p, scaled back)
     ff = random_lm(dropout=0.3).transformer.layer[0].ff
     x = torch.randn(1, 3, SMALL["d_model"])
@@ -208,10 +195,27 @@ def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_d
         plain = ff.layer_2(ff.activation(ff.layer_1(x)))
         ff.train()
         # isolate the inner dropout: mean of layer_2(dropout(inner)) over many draws, without the outer one
-        from xlnet_ref.attention import keep_mask
-
         inner = ff.activation(ff.layer_1(x))
         draws = torch.stack([torch.addmm(ff.layer_2.bias, (inner * keep_mask(inner, 0.3, True)).flatten(0, -2),
                                          ff.layer_2.weight.t(), alpha=1 / 0.7) for _ in range(3000)]).mean(0)
         assert rel_err(draws.view_as(plain), plain) < 0.05
         assert feed_forward_fast(ff, x).shape == x.shape
+
+
+def test_tied_embedding_gradient_is_dense_and_equal_without_the_logits():
+    """The fast path's lookup gradient is sparse (XLNetModel.embed_words) and is added into the LM head's.
+    A backward pass that never reaches the logits leaves only the sparse one: the model hands back a dense
+    gradient equal to the readable path's, and hooks on word_embedding still see the lookup."""
+    readable = random_lm(mem_len=6).train()  # dropout 0
+    fast = fast_twin(readable)
+    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=8, token_types=True, perm=True,
+                       num_predict=3)
+    seen = []
+    fast.transformer.word_embedding.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    for model in (readable, fast):
+        (model(**kw).content ** 2).sum().backward()
+    assert seen == [(2, 7, SMALL["d_model"])]
+    grad_fast = fast.transformer.word_embedding.weight.grad
+    assert grad_fast.layout == torch.strided and not grad_fast.is_sparse
+    assert rel_err(grad_fast, readable.transformer.word_embedding.weight.grad) <= 1e-5
+    assert fast.transformer.word_embedding.sparse  # the sparse lookup was really used

@@ -31,34 +31,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .dropout import keep_mask, keep_scale, residual_dropout
+from .masks import mask_value
 from .relative_position import rel_shift
 from .segments import segment_term
-
-
-def mask_value(dtype: torch.dtype) -> float:
-    """Masked scores are set to minus this: 1e30, or 65500 where float16 cannot hold 1e30."""
-    return 65500.0 if dtype == torch.float16 else 1e30
-
-
-def keep_mask(x: torch.Tensor, p: float, training: bool) -> torch.Tensor | None:
-    """Dropout's keep mask [u >= p] (0./1. in x's dtype, u ~ U[0, 1)), or None when nothing is dropped.
-    The caller scales by 1 / (1 - p) wherever that is cheapest (fused into the next operation)."""
-    if not training or p == 0:
-        return None
-    return torch.rand_like(x).ge_(p)
-
-
-def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout for the fast path: x * [u >= p] / (1 - p) with u ~ U[0, 1) — the same distribution as
-    ``nn.Dropout``, drawn with ``rand_like`` (on a CPU about 40% cheaper than torch's ``bernoulli_``)."""
-    mask = keep_mask(x, p, training)
-    return x if mask is None else x * mask.mul_(1.0 / (1.0 - p))
-
-
-def residual_dropout(x: torch.Tensor, out: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """x + dropout(out) in one pass: addcmul(x, out, mask, value=1 / (1 - p))."""
-    mask = keep_mask(out, p, training)
-    return x + out if mask is None else torch.addcmul(x, out, mask, value=1.0 / (1.0 - p))
 
 
 def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
@@ -173,8 +149,8 @@ class RelativeAttention(nn.Module):
     def attend_fast(
         self,
         q: torch.Tensor,
-        k_h: torch.Tensor,
-        v_h: torch.Tensor,
+        k_heads: torch.Tensor,
+        v_heads: torch.Tensor,
         k_r: torch.Tensor,
         *,
         mask: torch.Tensor | None,
@@ -187,39 +163,47 @@ class RelativeAttention(nn.Module):
     ) -> torch.Tensor:
         r""":meth:`attend` with fewer passes over the [b, n, i, j] scores  ->  attn_vec [b, n, i, d].
 
+        q [b, i, n, d]; k_heads and v_heads [(b n), j, d]: K and V with the heads first, laid out once
+        per layer for both streams (two_stream.py), so that the batched matmuls read contiguous blocks.
+
         Same equation, rearranged (tests/test_fast_path.py checks outputs and gradients agree):
 
         * the scale :math:`1/\sqrt d` is applied to the [b, i, n, d] queries, not to the scores;
         * the segment term :math:`(q_i + b)^\top s_{ij}` takes two values per row, ef_same and ef_diff.
           Softmax ignores a constant added to a whole row, so ef_same is dropped and only
           [s_ij differs] * (ef_diff - ef_same) is added (one fused addcmul onto the shifted bd);
+        * the mask comes additive (masks.additive_mask: 0 or -1e30) and is added to that bias before (a)+(c):
+          -1e30 + score is exactly -1e30 in float32 and bfloat16, because |score| is far below 1e30's
+          rounding step. In float16, -65500 + score can round to -inf, so there the masked scores are set
+          to -65500 afterwards, as :meth:`attend` sets them (a fully masked row stays finite and uniform);
         * (a)+(c) is one batched matmul that adds onto that bias (``baddbmm``): no separate sum;
-        * the mask is set in place afterwards (set, not added, as in :meth:`attend`).
-
-        Heads go first ([b, n, i, d]) so that the batched matmuls read contiguous blocks.
+        * dropout's 1 / (1 - p) is applied to the [b, n, i, d] output instead of the [b, n, i, j] probabilities.
         """
         b, i, n, d = q.shape
-        klen = k_h.shape[1]
+        klen = k_heads.shape[1]
         q = q * self.scale  # [b, i, n, d]
         bd = position_term(q + r_r_bias * self.scale, k_r)  # [b, n, i, r], already scaled
         if query_pos is None:
-            bias = rel_shift(bd, klen)
+            bias = rel_shift(bd, klen)  # a strided view
         else:
             j = torch.arange(klen, device=q.device)
             col = (j[None, None, :] + qlen - query_pos[:, :, None]).clamp(max=bd.shape[-1] - 1)  # [b, i, j]
             bias = bd.gather(3, col[:, None].expand(-1, n, -1, -1))
         if seg_diff is not None:
             ef = torch.einsum("bind,snd->bnis", q + r_s_bias * self.scale, self.seg_embed)  # [b, n, i, 2]
-            bias = torch.addcmul(bias, seg_diff[:, None].to(q.dtype), ef[..., 1:2] - ef[..., 0:1])
+            ef_diff = (ef[..., 1:2] - ef[..., 0:1]).contiguous()  # [b, n, i, 1]; einsum may return it heads-major,
+            bias = torch.addcmul(bias, seg_diff[:, None].to(q.dtype), ef_diff)  # and the sum would follow that layout
+        if mask is not None:  # additive: 0 where visible, -1e30 where hidden
+            bias = bias + mask[:, None]
         q_u = rearrange(q + r_w_bias * self.scale, "b i n d -> (b n) i d")
-        k_t = rearrange(k_h, "b j n d -> (b n) d j")
-        score = torch.baddbmm(bias.reshape(b * n, i, klen), q_u, k_t).view(b, n, i, klen)  # (ac + bd + ef) / sqrt(d)
-        if mask is not None:  # in place: baddbmm's backward does not need its output
-            score.masked_fill_(mask[:, None], -mask_value(score.dtype))
+        score = torch.baddbmm(bias.reshape(b * n, i, klen), q_u, k_heads.transpose(1, 2))  # (ac + bd + ef) / sqrt(d)
+        score = score.view(b, n, i, klen)
+        if mask is not None and score.dtype == torch.float16:  # -65500 + score may have rounded to -inf: set
+            score = score.masked_fill(mask[:, None] < 0, -mask_value(score.dtype))
         prob = torch.softmax(score, dim=-1)
-        mask = keep_mask(prob, self.dropout.p, self.training)  # dropout; its 1 / (1 - p) goes on the [b, n, i, d] output
-        vec = torch.matmul(prob if mask is None else prob * mask, rearrange(v_h, "b j n d -> b n j d"))
-        return vec if mask is None else vec * (1.0 / (1.0 - self.dropout.p))  # [b, n, i, d]
+        keep = keep_mask(prob, self.dropout.p, self.training)  # dropout; its scale goes on the output
+        vec = torch.bmm((prob if keep is None else prob * keep).view(b * n, i, klen), v_heads).view(b, n, i, d)
+        return vec if keep is None else vec * keep_scale(self.dropout.p)  # [b, n, i, d]
 
     def post_attention_fast(self, x: torch.Tensor, attn_vec: torch.Tensor) -> torch.Tensor:
         """:meth:`post_attention` for attn_vec [b, n, i, d]: one matmul with W_o seen as [(n d), m]."""

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import RelativeAttention, fast_dropout, keep_mask, residual_dropout
+from .attention import RelativeAttention
 from .checks import check_inputs
 from .config import XLNetConfig
-from .feed_forward import PositionwiseFF
-from .masks import attention_masks
+from .dropout import fast_dropout
+from .feed_forward import PositionwiseFF, feed_forward_fast
+from .masks import additive_mask, attention_masks
 from .memory import cache_mem
 from .relative_position import relative_positional_encoding
 from .segments import segment_difference
@@ -53,20 +54,6 @@ class XLNetOutput:
     def last_hidden_state(self) -> torch.Tensor:
         """transformers' ``last_hidden_state``: the query stream if there is one, else the content stream."""
         return self.query if self.query is not None else self.content
-
-
-def feed_forward_fast(ff: PositionwiseFF, x: torch.Tensor) -> torch.Tensor:
-    """:class:`PositionwiseFF` on the fast path: the same weights and equation; the inner dropout's
-    1 / (1 - p) is applied inside the second matmul (addmm's alpha), the outer one with the residual."""
-    p = ff.dropout.p
-    inner = ff.activation(ff.layer_1(x))  # [b, i, d_inner]
-    mask = keep_mask(inner, p, ff.training)
-    if mask is None:
-        out = ff.layer_2(inner)
-    else:
-        flat = (inner * mask).flatten(0, -2)
-        out = torch.addmm(ff.layer_2.bias, flat, ff.layer_2.weight.t(), alpha=1.0 / (1.0 - p)).view(*x.shape[:-1], -1)
-    return ff.layer_norm(residual_dropout(x, out, p, ff.training))
 
 
 class XLNetLayer(nn.Module):
@@ -108,6 +95,7 @@ class XLNetModel(nn.Module):
         self.r_s_bias = nn.Parameter(torch.empty(bias_shape))  # b  (segment term)
         self.layer = nn.ModuleList([XLNetLayer(config) for _ in range(config.n_layer)])
         self.dropout = nn.Dropout(config.dropout)
+        self.tied_head = False  # set by XLNetLMHeadModel: its output matrix is word_embedding.weight
         self.reset_parameters()
 
     def reset_parameters(self, std: float | None = None):
@@ -120,6 +108,17 @@ class XLNetModel(nn.Module):
                 nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+
+    def embed_words(self, input_ids: torch.Tensor, *, fast: bool) -> torch.Tensor:
+        """E[x]: [b, i] -> [b, i, m]. On the fast path, eager on a CPU, with E tied to an LM head: the
+        lookup's gradient is kept sparse (b*i rows) and added into the head's dense gradient of the same
+        matrix, instead of filling a dense [V, m] matrix with zeros for b*i rows and then adding two dense
+        [V, m] matrices (~4% of the benchmark's training step at V = 32000; benchmarks/RESULTS.md)."""
+        emb = self.word_embedding
+        # nn.Embedding reads its ``sparse`` flag on every call (only the gradient's layout depends on it);
+        # set per call, through the module, so that hooks on word_embedding see every lookup
+        emb.sparse = fast and self.tied_head and emb.weight.device.type == "cpu" and not torch.compiler.is_compiling()
+        return emb(input_ids)
 
     def layer_biases(self, layer: int) -> dict[str, torch.Tensor]:
         """u, v and the segment bias for one layer: its own row (untie_r) or the shared set."""
@@ -188,9 +187,11 @@ class XLNetModel(nn.Module):
             perm_mask=None if perm_mask is None else perm_mask.bool(),
             device=device,
         )
+        if fast:  # once for all layers: the fast path adds the masks to the scores (masks.additive_mask)
+            attn_mask, non_tgt_mask = additive_mask(attn_mask, dtype), additive_mask(non_tgt_mask, dtype)
         seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
 
-        h = drop(self.word_embedding(input_ids))  # h^(0): [b, i, m]
+        h = drop(self.embed_words(input_ids, fast=fast))  # h^(0): [b, i, m]
         g = target_pos = target_valid = None
         if target_mapping is not None:
             target_pos, target_valid = target_positions(target_mapping)
@@ -242,6 +243,12 @@ class XLNetModel(nn.Module):
                            hidden_states=hidden_states)
 
 
+def densify_grad(param: torch.Tensor) -> None:
+    """A sparse gradient made dense (see XLNetLMHeadModel.keep_tied_gradient_dense)."""
+    if param.grad is not None and param.grad.is_sparse:
+        param.grad = param.grad.to_dense()
+
+
 class XLNetLMHeadModel(nn.Module):
     """Backbone + LM head: logits = h W_E^T + bias, the output matrix tied to the word embedding."""
 
@@ -251,11 +258,23 @@ class XLNetLMHeadModel(nn.Module):
         self.transformer = XLNetModel(config)
         self.lm_loss = nn.Linear(config.d_model, config.vocab_size)  # transformers' name for the LM head
         self.lm_loss.weight = self.transformer.word_embedding.weight  # tied
+        self.transformer.tied_head = True
         nn.init.zeros_(self.lm_loss.bias)
 
     def forward(self, input_ids: torch.Tensor, **kwargs) -> XLNetOutput:
         """Same arguments as :meth:`XLNetModel.forward`; adds ``logits`` over the query stream's targets
         ([b, k, V]) when target_mapping is given, else over every position ([b, i, V])."""
+        if not torch.compiler.is_compiling():  # compiled, the lookup's gradient is dense anyway
+            self.keep_tied_gradient_dense()
         out = self.transformer(input_ids, **kwargs)
         out.logits = self.lm_loss(out.last_hidden_state)
         return out
+
+    def keep_tied_gradient_dense(self) -> None:
+        """On the fast path the lookup's gradient is sparse and is summed into the head's dense one
+        (XLNetModel.embed_words). A backward pass that never reaches the logits would leave it sparse: a
+        hook makes it dense, as optimizers and clipping expect. Registered on the first call rather than in
+        __init__, because copy.deepcopy and pickling do not carry a tensor's hooks over."""
+        weight = self.lm_loss.weight
+        if densify_grad not in (getattr(weight, "_post_accumulate_grad_hooks", None) or {}).values():
+            weight.register_post_accumulate_grad_hook(densify_grad)

@@ -137,21 +137,21 @@ def two_stream_attention_fast(
     n = attn.n_head
     cat = h if mem is None else torch.cat([mem, h], dim=1)  # [b, j, m]
     w_kv = rearrange(torch.cat([attn.k, attn.v], dim=1), "m n2 d -> m (n2 d)")  # [W_{k,E} | W_v]
-    kv = rearrange(cat @ w_kv, "b j (n2 d) -> b j n2 d", n2=2 * n)
-    k_h, v_h = kv[:, :, :n], kv[:, :, n:]  # [b, j, n, d] each, shared by both streams
+    # K and V with the heads first, [(b n), j, d] each, shared by both streams: one layout copy for the two
+    k_heads, v_heads = rearrange(cat @ w_kv, "b j (two n d) -> two (b n) j d", two=2, n=n).unbind(0)
     w_q = rearrange(attn.q, "m n d -> m (n d)")
     biases = dict(r_w_bias=r_w_bias, r_r_bias=r_r_bias, r_s_bias=r_s_bias, qlen=qlen)
 
     h_out = None
     if not skip_content:
         q_h = rearrange(h @ w_q, "b i (n d) -> b i n d", n=n)
-        vec_h = attn.attend_fast(q_h, k_h, v_h, k_r, mask=non_tgt_mask, seg_diff=seg_diff, query_pos=None, **biases)
+        vec_h = attn.attend_fast(q_h, k_heads, v_heads, k_r, mask=non_tgt_mask, seg_diff=seg_diff, query_pos=None, **biases)
         h_out = attn.post_attention_fast(h, vec_h)
 
     g_out = None
     if g is not None:
         q_g = rearrange(g @ w_q, "b k (n d) -> b k n d", n=n)
-        vec_g = attn.attend_fast(q_g, k_h, v_h, k_r, mask=rows_at(attn_mask, target_pos),
+        vec_g = attn.attend_fast(q_g, k_heads, v_heads, k_r, mask=rows_at(attn_mask, target_pos),
                                  seg_diff=rows_at(seg_diff, target_pos), query_pos=target_pos, **biases)
         vec_g = vec_g * target_valid[:, None, :, None].to(vec_g.dtype)  # [b, n, k, d]: padding targets get none
         g_out = attn.post_attention_fast(g, vec_g)

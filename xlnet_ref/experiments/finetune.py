@@ -58,7 +58,8 @@ def pretraining_base() -> TrainConfig:
     model = XLNetConfig(vocab_size=260, d_model=128, n_layer=4, n_head=4, d_inner=512, ff_activation="gelu",
                         attn_type="bi", bi_data=False, mem_len=64, reuse_len=32, dropout=0.1)
     return TrainConfig(model=model, name="tiny", seq_len=64, batch_size=16, num_predict=10, steps=400,
-                       learning_rate=1e-3, warmup_steps=40, eval_every=100, eval_batches=4, device="cpu")
+                       learning_rate=1e-3, warmup_steps=40, eval_every=100, eval_batches=4, device="cpu",
+                       implementation="readable")  # as recorded (the fast path became train's default later)
 
 
 def pretrained_run(size: str, *, log=print) -> Path:

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  model: d_model {config.model.d_model}, {config.model.n_layer} layers, {config.model.n_head} heads, "
           f"memory {config.model.mem_len} tokens (reuse_len {config.model.reuse_len}); "
           f"{config.steps} steps of {config.batch_size} windows x {config.seq_len} tokens, "
-          f"{config.num_predict} targets per window")
+          f"{config.num_predict} targets per window; {config.implementation} path")
     result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
     count_model_losses = count_model_baselines(result)
     paths = make_figures(result, args.figures, baselines=count_model_lines(count_model_losses))
