@@ -115,10 +115,13 @@ class XLNetModel(nn.Module):
         matrix, instead of filling a dense [V, m] matrix with zeros for b*i rows and then adding two dense
         [V, m] matrices (~4% of the benchmark's training step at V = 32000; benchmarks/RESULTS.md)."""
         emb = self.word_embedding
-        # nn.Embedding reads its ``sparse`` flag on every call (only the gradient's layout depends on it);
-        # set per call, through the module, so that hooks on word_embedding see every lookup
+        # nn.Embedding reads its ``sparse`` flag on every call (only the gradient's layout depends on it).
+        # Set for this call only and looked up through the module, so that hooks on word_embedding see every
+        # lookup; at rest it is an ordinary dense embedding (what DistributedDataParallel inspects when it wraps)
         emb.sparse = fast and self.tied_head and emb.weight.device.type == "cpu" and not torch.compiler.is_compiling()
-        return emb(input_ids)
+        out = emb(input_ids)
+        emb.sparse = False
+        return out
 
     def layer_biases(self, layer: int) -> dict[str, torch.Tensor]:
         """u, v and the segment bias for one layer: its own row (untie_r) or the shared set."""
