@@ -13,7 +13,7 @@ value) and nothing else for it. Cases missing from OUTPUTS are listed as skipped
 
 A stage passes iff ``max|actual - expected| <= rtol * max|expected| + atol`` over its entries (the
 case's tolerances from manifest.json unless overridden); bool stages (masks, seg_diff) must be equal;
-entries with ``|expected| >= huge`` (masked scores: 1e30 subtracted, 65500 in float16) must be that
+entries with ``|expected| >= huge`` (masked scores: -1e30, set or subtracted; 65500 in float16) must be that
 large in the actual too; the query stream's score rows of padding targets (all-zero rows of
 ``target_mapping``) are not compared, nor are position scores ``bd`` of keys the mask hides (in
 'uni' they may lie past the table's end). ``--layout length_first`` accepts the original code's layouts
@@ -78,7 +78,7 @@ class StageResult:
 
 
 def huge_threshold(dtype: str) -> float:
-    """|score| above this is a masked entry: 1e30 is subtracted in float32, 65500 in float16."""
+    """|score| above this is a masked entry: -1e30 in float32 (set, or 1e30 subtracted), -65500 in float16."""
     return 3e4 if dtype == "float16" else 1e15
 
 
