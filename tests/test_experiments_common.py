@@ -41,3 +41,11 @@ def test_bad_records_are_refused(tmp_path):
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="does not match"):
         load_result("y", directory=tmp_path)
+
+
+def test_a_missing_result_names_the_command_that_writes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m xlnet_ref\.experiments\.memory_on_text --size quick"):
+        load_result("memory_on_text", size="quick", directory=tmp_path)
+    # written by the copy task's module, not by an experiments module
+    with pytest.raises(FileNotFoundError, match=r"python -m xlnet_ref\.training\.tasks --seeds 0 1 2"):
+        load_result("copy_task_one_layer_bound", directory=tmp_path)

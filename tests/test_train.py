@@ -211,3 +211,31 @@ def test_demo_figures(corpus_file, tmp_path):
     assert [p.name for p in paths] == ["loss_curves.png", "two_stream_attention.png", "memory_attention.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_demo_stops_cleanly_on_ctrl_c(tmp_path, monkeypatch, capsys):
+    """make demo interrupted: the message of train()'s TrainingInterrupted (where the checkpoint is, how to
+    resume), how to draw from that checkpoint, the shell's exit code, no figures, no traceback."""
+    import signal
+
+    from xlnet_ref.training import demo
+    from xlnet_ref.training.interrupt import TrainingInterrupted
+
+    checkpoint = tmp_path / "run" / "checkpoint-0000042"
+
+    def interrupted_train(config, **kwargs):
+        raise TrainingInterrupted(f"interrupted by SIGINT after step 42 of {config.steps}: checkpoint {checkpoint}",
+                                  step=42, checkpoint=checkpoint, signum=signal.SIGINT)
+
+    monkeypatch.setattr(demo, "train", interrupted_train)
+    monkeypatch.setattr(demo, "note_threads", lambda: None)
+    try:
+        code = demo.main(["--out", str(tmp_path / "run"), "--figures", str(tmp_path / "figs"), "--no-progress",
+                          "--device", "cpu"])
+    except KeyboardInterrupt:  # TrainingInterrupted is one: uncaught, it would also stop pytest itself
+        pytest.fail("demo.main let TrainingInterrupted through (a traceback for the user)")
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "interrupted by SIGINT after step 42 of 600" in err
+    assert f"python -m xlnet_ref.demo --figures-only {checkpoint}" in err
+    assert not (tmp_path / "figs").exists()

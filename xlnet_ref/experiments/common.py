@@ -78,12 +78,16 @@ def write_result(name: str, *, size: str, command: str, config: dict, seeds: lis
     return path
 
 
+# results written by a module outside xlnet_ref/experiments (the others: python -m xlnet_ref.experiments.<name>)
+WRITERS = {"copy_task_one_layer_bound": "python -m xlnet_ref.training.tasks --seeds 0 1 2"}
+
+
 def load_result(name: str, *, size: str = "full", directory: str | Path | None = None) -> dict:
     """Read a result file; a clear error if it is missing or its summary disagrees with its per-seed numbers."""
     path = result_path(name, size=size, directory=directory)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no recorded result; run the command that writes it "
-                                f"(python -m xlnet_ref.experiments.{name} --size {size})")
+        command = WRITERS.get(name, f"python -m xlnet_ref.experiments.{name} --size {size}")
+        raise FileNotFoundError(f"{path}: no recorded result; run the command that writes it ({command})")
     record = json.loads(path.read_text())
     for field in ("config", "seeds", "per_seed", "summary"):
         if field not in record:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .interrupt import TrainingInterrupted
 from .train import PRESETS, held_out_batches, load_run, preset, resolve_device, train
 
 
@@ -150,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {config.model.mem_len} tokens (reuse_len {config.model.reuse_len}); "
           f"{config.steps} steps of {config.batch_size} windows x {config.seq_len} tokens, "
           f"{config.num_predict} targets per window; {config.implementation} path")
-    result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
+    try:
+        result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
+    except TrainingInterrupted as err:  # Ctrl-C or SIGTERM: train() finished the step and saved a checkpoint
+        print(f"\n{err}", file=sys.stderr)
+        if err.checkpoint is not None:
+            print(f"the demo stopped before drawing; to draw from what was trained so far: "
+                  f"python -m xlnet_ref.demo --figures-only {err.checkpoint}", file=sys.stderr)
+        return err.exit_code
     count_model_losses = count_model_baselines(result)
     paths = make_figures(result, args.figures, baselines=count_model_lines(count_model_losses))
 
