@@ -9,7 +9,6 @@ one thread and a timeout.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from xlnet_ref import XLNetConfig
+from helpers import micro_train_config
 from xlnet_ref.training import checkpoint as ckpt
 from xlnet_ref.training.corpus import default_corpus_text
 from xlnet_ref.training.train import PRESETS, TrainConfig, main, train
@@ -29,18 +28,9 @@ from xlnet_ref.training.train import PRESETS, TrainConfig, main, train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text(default_corpus_text()[:1300], encoding="utf-8")
-    return path
-
-
 def micro(corpus, **overrides) -> TrainConfig:
-    model = XLNetConfig(vocab_size=260, d_model=32, n_layer=2, n_head=2, d_inner=64, mem_len=16, reuse_len=8, dropout=0.1)
-    base = TrainConfig(model=model, name="micro", corpus=str(corpus), eval_fraction=0.3, seq_len=24, batch_size=4,
-                       num_predict=4, steps=4, learning_rate=3e-3, warmup_steps=1, eval_every=0, eval_batches=1)
-    return dataclasses.replace(base, **overrides)
+    """4 steps, no evaluation: these tests are about the run folder, not about learning."""
+    return micro_train_config(corpus, **{"steps": 4, "warmup_steps": 1, "eval_every": 0, "eval_batches": 1, **overrides})
 
 
 def run(cfg, out, **kw):

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from helpers import micro_train_config
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
 from xlnet_ref.training.checkpoint import CheckpointError
 from xlnet_ref.training.corpus import default_corpus_text
@@ -27,20 +28,7 @@ from xlnet_ref.training.train import (
 )
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    """~1300 characters of real text: an epoch is a dozen batches, so runs cross epoch boundaries."""
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text(default_corpus_text()[:1300], encoding="utf-8")
-    return path
-
-
-
-def micro(corpus, **overrides) -> TrainConfig:
-    model = XLNetConfig(vocab_size=260, d_model=32, n_layer=2, n_head=2, d_inner=64, mem_len=16, reuse_len=8, dropout=0.1)
-    base = TrainConfig(model=model, name="micro", corpus=str(corpus), eval_fraction=0.3, seq_len=24, batch_size=4,
-                       num_predict=4, steps=16, learning_rate=3e-3, warmup_steps=2, eval_every=5, eval_batches=2)
-    return dataclasses.replace(base, **overrides)
+micro = micro_train_config  # 16 steps of 4 x 24 tokens, evaluated every 5
 
 
 def train_losses(history):
