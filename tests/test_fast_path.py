@@ -1,16 +1,23 @@
 """The fast path (config.implementation = "fast") gives the readable path's numbers: outputs, memories,
 loss and gradients to float32 round-off, for every configuration switch that changes the attention,
-and it still matches transformers. The two models share their weights exactly (a deep copy)."""
+and it still matches transformers. The two models share their weights exactly (a deep copy).
+Long calls are attended in blocks of query rows (attention.QUERY_BLOCK); the same tests run with
+blocks of 2 rows, and the checkpointed blocks are checked to redraw dropout's masks and to keep no
+[b, n, i, j] tensor for the backward pass."""
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from helpers import SMALL, random_inputs, random_lm, rel_err
 from test_parity import CASES, hf_forward
+from xlnet_ref import attention
+from xlnet_ref.attention import QUERY_BLOCK, RelativeAttention
 from xlnet_ref.interop import mems_from_hf, to_hf
 from xlnet_ref.permutation import plm_loss
 
@@ -21,6 +28,17 @@ def fast_twin(model):
     twin.config.implementation = "fast"  # the LM head and the backbone share one config object
     assert twin.transformer.config.implementation == "fast"
     return twin
+
+
+def in_query_blocks(model, rows):
+    """The model with every attention on the fast path taken ``rows`` query rows at a time (None: all at once)."""
+    for module in model.modules():
+        if isinstance(module, RelativeAttention):
+            module.query_block = rows
+    return model
+
+
+BLOCKS = pytest.mark.parametrize("query_block", [QUERY_BLOCK, 2], ids=["one-block", "blocks-of-2"])
 
 
 def with_padding_target(kw: dict) -> dict:
@@ -44,10 +62,11 @@ def chained_calls(model, overrides, opts, batch, *, seed=0, calls=3, dtype=torch
     return outs
 
 
+@BLOCKS
 @pytest.mark.parametrize("case_id, overrides, opts, batch", CASES, ids=[c[0] for c in CASES])
-def test_fast_path_outputs_equal_the_readable_path(case_id, overrides, opts, batch):
+def test_fast_path_outputs_equal_the_readable_path(case_id, overrides, opts, batch, query_block):
     readable = random_lm(**{"mem_len": 6, **overrides})
-    fast = fast_twin(readable)
+    fast = in_query_blocks(fast_twin(readable), query_block)  # seq_len 7, 2 to 4 targets: blocks 2, 2, 2, 1
     for call, (a, b) in enumerate(zip(chained_calls(fast, overrides, opts, batch), chained_calls(readable, overrides, opts, batch))):
         assert rel_err(a.logits, b.logits) <= 1e-5, f"call {call}: logits"
         assert rel_err(a.content, b.content) <= 1e-5, f"call {call}: content stream"
@@ -63,10 +82,11 @@ def test_fast_path_outputs_equal_the_readable_path(case_id, overrides, opts, bat
 GRADIENT_CASES = [c for c in CASES if "num_predict" in c[2]]  # the training setting: two streams, a PLM loss
 
 
+@BLOCKS
 @pytest.mark.parametrize("case_id, overrides, opts, batch", GRADIENT_CASES, ids=[c[0] for c in GRADIENT_CASES])
-def test_fast_path_loss_and_gradients_equal_the_readable_path(case_id, overrides, opts, batch):
+def test_fast_path_loss_and_gradients_equal_the_readable_path(case_id, overrides, opts, batch, query_block):
     readable = random_lm(**{"mem_len": 6, **overrides}).train()  # dropout is 0
-    fast = fast_twin(readable).train()
+    fast = in_query_blocks(fast_twin(readable), query_block).train()
     kw = with_padding_target(random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=5, **opts))
     mems = [torch.randn(batch, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(l)) for l in range(SMALL["n_layer"])]
     k = kw["target_mapping"].shape[1]
@@ -88,6 +108,57 @@ def test_fast_path_loss_and_gradients_equal_the_readable_path(case_id, overrides
         assert rel_err(grads_fast[name].grad, p.grad) <= 5e-5, f"gradient of {name} differs"
         checked += 1
     assert checked >= 10
+
+
+def test_checkpointed_blocks_redraw_the_same_dropout_masks(monkeypatch):
+    """With dropout on, a block recomputed in the backward pass draws the masks of its forward pass (the
+    checkpoint restores the random state): loss and gradients equal those of the same blocks kept in memory.
+    Recomputed without restoring the state, the gradients differ (the check can fail)."""
+    model = in_query_blocks(fast_twin(random_lm(mem_len=6, dropout=0.3)), 2).train()
+    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=7, token_types=True, perm=True,
+                       num_predict=3)
+    mems = [torch.randn(2, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(l)) for l in range(SMALL["n_layer"])]
+    targets = torch.randint(0, SMALL["vocab_size"], (2, 3), generator=torch.Generator().manual_seed(8))
+
+    def loss_and_grads(block_runner):
+        monkeypatch.setattr(attention, "checkpoint", block_runner)
+        model.zero_grad()
+        torch.manual_seed(11)
+        loss = plm_loss(model(**kw, mems=mems).logits, targets, torch.ones(2, 3))
+        loss.backward()
+        return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    kept_loss, kept = loss_and_grads(lambda block, *args, use_reentrant, **kwargs: block(*args, **kwargs))
+    loss, recomputed = loss_and_grads(checkpoint)
+    _, unrestored = loss_and_grads(functools.partial(checkpoint, preserve_rng_state=False))
+    assert loss == kept_loss
+    assert kept.keys() == recomputed.keys() and len(kept) >= 10
+    for name in kept:
+        assert rel_err(recomputed[name], kept[name]) <= 1e-6, name
+    assert max(rel_err(unrestored[name], kept[name]) for name in kept) > 1e-2
+
+
+@pytest.mark.parametrize("mem_len", [0, 24])
+def test_query_blocks_keep_no_score_sized_tensor_for_the_backward_pass(mem_len):
+    """What a training forward keeps for the backward pass (seen through saved-tensor hooks): in blocks of
+    8 query rows, no kept tensor is as large as one layer's [b, n, i, j] probabilities; all at once,
+    the probabilities are kept (the check can fail)."""
+    b, seq, n = 2, 96, SMALL["n_head"]
+    model = fast_twin(random_lm(mem_len=mem_len, dropout=0.1)).train()
+    kw = random_inputs(batch=b, seq_len=seq, vocab_size=SMALL["vocab_size"], seed=9, perm=True, num_predict=32)
+    mems = [torch.randn(b, mem_len, SMALL["d_model"]) for _ in range(SMALL["n_layer"])] if mem_len else None
+    scores_bytes = b * n * seq * (mem_len + seq) * 4
+
+    def largest_kept_bytes(rows):
+        in_query_blocks(model, rows)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.untyped_storage().nbytes()) or t,
+                                                      lambda t: t):
+            model(**kw, mems=mems)
+        return max(sizes)
+
+    assert largest_kept_bytes(None) >= scores_bytes
+    assert largest_kept_bytes(8) < scores_bytes / 4
 
 
 def test_fast_path_matches_transformers():

@@ -30,11 +30,20 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .dropout import keep_mask, keep_scale, residual_dropout
 from .masks import mask_value
 from .relative_position import rel_shift
 from .segments import segment_term
+
+# The fast path attends QUERY_BLOCK query rows at a time when a call has more (the query-chunking of Rabe &
+# Staats, 2021, "Self-attention does not need O(n^2) memory"). In training each block is checkpointed: its
+# [b, n, rows, j] scores and probabilities are recomputed in the backward pass instead of kept, so attention
+# memory grows linearly with the sequence, at the price of computing each block's scores twice. The presets
+# (seq_len 32 to 128) and the training-step benchmark (128 rows) are one block; benchmarks/scaling.py measures
+# sequences up to 1024 (benchmarks/RESULTS.md). A module's ``query_block = None`` turns blocks off.
+QUERY_BLOCK = 128
 
 
 def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
@@ -72,6 +81,7 @@ class RelativeAttention(nn.Module):
         self.seg_embed = nn.Parameter(torch.empty(2, n, d))  # s_+ (same segment), s_- (different)
         self.layer_norm = nn.LayerNorm(m, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
+        self.query_block = QUERY_BLOCK  # fast path: query rows attended at a time (see above)
 
     def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [..., m] @ W [m, n, d] -> [..., n, d]: one head split per projection."""
@@ -161,6 +171,59 @@ class RelativeAttention(nn.Module):
         query_pos: torch.Tensor | None,
         qlen: int,
     ) -> torch.Tensor:
+        """:meth:`attend_block` over blocks of ``self.query_block`` query rows  ->  attn_vec [b, n, i, d].
+        One block when the call has no more rows than that (the usual case).
+
+        A block of content-stream rows [start, stop) needs the position table's rows c = j + qlen - i for
+        its queries i, i.e. c in [qlen - stop, qlen - start + klen): its position term is computed on that
+        window only, and :func:`rel_shift` of the window gives the block's scores, as for a segment of
+        stop - start queries. (In "uni" the table ends at distance 0, and the window would run past it
+        only for keys the causal mask hides: zero rows stand in there.) Blocks of query-stream rows keep
+        their positions in query_pos.
+        With gradients on, a block is checkpointed: only its inputs are kept, and its scores and
+        probabilities are recomputed in the backward pass with the random state restored, so that
+        dropout draws the same mask (tests/test_fast_path.py checks both).
+        """
+        b, i, n, d = q.shape
+        klen = k_heads.shape[1]
+        terms = dict(r_w_bias=r_w_bias, r_r_bias=r_r_bias, r_s_bias=r_s_bias, qlen=qlen)
+        one_block = self.query_block is None or i <= self.query_block
+        if one_block or torch.compiler.is_compiling():  # (a compiled graph plans its memory itself)
+            return self.attend_block(q, k_heads, v_heads, k_r, mask=mask, seg_diff=seg_diff, query_pos=query_pos,
+                                     **terms)
+        if query_pos is None and k_r.shape[1] < klen + qlen:  # "uni": pad the table with rows the mask hides
+            k_r = torch.cat([k_r, k_r.new_zeros(k_r.shape[0], klen + qlen - k_r.shape[1], n, d)], dim=1)
+        blocks = []
+        for start in range(0, i, self.query_block):
+            stop = min(start + self.query_block, i)
+            block = dict(mask=None if mask is None else mask[:, start:stop],
+                         seg_diff=None if seg_diff is None else seg_diff[:, start:stop], **terms)
+            if query_pos is None:  # content stream: the table rows this block's distances use
+                block.update(query_pos=None, k_r=k_r[:, qlen - stop: qlen - start + klen])
+            else:
+                block.update(query_pos=query_pos[:, start:stop], k_r=k_r)
+            if torch.is_grad_enabled():  # keep the inputs only; recompute the block in the backward pass
+                vec = checkpoint(self.attend_block, q[:, start:stop], k_heads, v_heads, use_reentrant=False, **block)
+            else:
+                vec = self.attend_block(q[:, start:stop], k_heads, v_heads, **block)
+            blocks.append(vec)
+        return torch.cat(blocks, dim=2)
+
+    def attend_block(
+        self,
+        q: torch.Tensor,
+        k_heads: torch.Tensor,
+        v_heads: torch.Tensor,
+        k_r: torch.Tensor,
+        *,
+        mask: torch.Tensor | None,
+        r_w_bias: torch.Tensor,
+        r_r_bias: torch.Tensor,
+        r_s_bias: torch.Tensor | None,
+        seg_diff: torch.Tensor | None,
+        query_pos: torch.Tensor | None,
+        qlen: int,
+    ) -> torch.Tensor:
         r""":meth:`attend` with fewer passes over the [b, n, i, j] scores  ->  attn_vec [b, n, i, d].
 
         q [b, i, n, d]; k_heads and v_heads [(b n), j, d]: K and V with the heads first, laid out once
@@ -182,6 +245,8 @@ class RelativeAttention(nn.Module):
         b, i, n, d = q.shape
         klen = k_heads.shape[1]
         q = q * self.scale  # [b, i, n, d]
+        # No name keeps a [b, n, i, j]-sized tensor alive after its last use (del below): a block needs memory
+        # for two or three of them at a time, not for all.
         bd = position_term(q + r_r_bias * self.scale, k_r)  # [b, n, i, r], already scaled
         if query_pos is None:
             bias = rel_shift(bd, klen)  # a strided view
@@ -189,6 +254,7 @@ class RelativeAttention(nn.Module):
             j = torch.arange(klen, device=q.device)
             col = (j[None, None, :] + qlen - query_pos[:, :, None]).clamp(max=bd.shape[-1] - 1)  # [b, i, j]
             bias = bd.gather(3, col[:, None].expand(-1, n, -1, -1))
+        del bd  # freed as soon as bias is a tensor of its own
         if seg_diff is not None:
             ef = torch.einsum("bind,snd->bnis", q + r_s_bias * self.scale, self.seg_embed)  # [b, n, i, 2]
             ef_diff = (ef[..., 1:2] - ef[..., 0:1]).contiguous()  # [b, n, i, 1]; einsum may return it heads-major,
@@ -197,10 +263,12 @@ class RelativeAttention(nn.Module):
             bias = bias + mask[:, None]
         q_u = rearrange(q + r_w_bias * self.scale, "b i n d -> (b n) i d")
         score = torch.baddbmm(bias.reshape(b * n, i, klen), q_u, k_heads.transpose(1, 2))  # (ac + bd + ef) / sqrt(d)
+        del bias
         score = score.view(b, n, i, klen)
         if mask is not None and score.dtype == torch.float16:  # -65500 + score may have rounded to -inf: set
             score = score.masked_fill(mask[:, None] < 0, -mask_value(score.dtype))
         prob = torch.softmax(score, dim=-1)
+        del score  # softmax's backward needs its output only
         keep = keep_mask(prob, self.dropout.p, self.training)  # dropout; its scale goes on the output
         vec = torch.bmm((prob if keep is None else prob * keep).view(b * n, i, klen), v_heads).view(b, n, i, d)
         return vec if keep is None else vec * keep_scale(self.dropout.p)  # [b, n, i, d]
