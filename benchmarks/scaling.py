@@ -15,8 +15,10 @@ Peak memory on CPU is the process's peak resident set (VmHWM, reset through /pro
 after the warm-up of each mode) above the resident set at that moment, i.e. what the timed calls
 needed beyond the weights, inputs and optimizer state; glibc is told to map every block above 64 KiB
 on its own and give it back when freed (MALLOC_ENV), so the resident set follows the live tensors
-instead of what the allocator keeps. On CUDA it is the allocator's peak above the
-memory held after the warm-up (``torch.cuda.max_memory_allocated``).
+instead of what the allocator keeps. That setting makes every large allocation a fresh mapping whose
+pages fault in, which slows a step 2-3x, so on CPU every setting runs twice: times come from a process
+with glibc's default allocator, peaks from one with MALLOC_ENV. On CUDA the peak is the allocator's
+above the memory held after the warm-up (``torch.cuda.max_memory_allocated``), from the same process.
 
 Ours runs as ``python -m xlnet_ref.train`` runs it by default (fast path, fused AdamW); transformers eager with its default AdamW.
 Two-stream inputs as in train_step_vs_hf.py: a random factorization order per row, seq_len // 6 targets.
@@ -155,6 +157,15 @@ def measure(spec: dict) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- driver
+def child(spec: dict, malloc_env: dict) -> dict:
+    """One measurement in a fresh Python process (see measure)."""
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONWARNINGS="ignore", **malloc_env))
+    if done.returncode != 0:
+        raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_all(args) -> list[dict]:
     rows = []
     for seq_len in args.seq_lens:
@@ -163,11 +174,10 @@ def run_all(args) -> list[dict]:
                 spec = dict(impl=impl, seq_len=seq_len, mem_len=mem_len, batch=args.batch, d_model=args.d_model,
                             n_layer=args.n_layer, n_head=args.n_head, d_inner=args.d_inner,
                             vocab_size=args.vocab_size, reps=args.reps, threads=args.threads, device=args.device)
-                done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                      text=True, env=dict(os.environ, PYTHONWARNINGS="ignore", **MALLOC_ENV))
-                if done.returncode != 0:
-                    raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
-                row = {**spec, **json.loads(done.stdout.strip().splitlines()[-1])}
+                timed = child(spec, malloc_env={})  # times: the allocator as users run it
+                measured = child(spec, malloc_env=MALLOC_ENV) if args.device == "cpu" else timed  # peaks
+                row = {**spec, **{k: v for k, v in timed.items() if k.endswith("_ms")},
+                       **{k: v for k, v in measured.items() if k.endswith("_mib")}}
                 print(f"{impl:12s} seq {seq_len:5d} mem {mem_len:5d}: forward {row['forward_ms']:9.1f} ms "
                       f"{row['forward_peak_mib']:8.1f} MiB | train {row['train_ms']:9.1f} ms "
                       f"{row['train_peak_mib']:8.1f} MiB", flush=True)

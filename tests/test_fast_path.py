@@ -2,22 +2,19 @@
 loss and gradients to float32 round-off, for every configuration switch that changes the attention,
 and it still matches transformers. The two models share their weights exactly (a deep copy).
 Long calls are attended in blocks of query rows (attention.QUERY_BLOCK); the same tests run with
-blocks of 2 rows, and the checkpointed blocks are checked to redraw dropout's masks and to keep no
-[b, n, i, j] tensor for the backward pass."""
+blocks of 2 rows. In training, softmax, dropout and the sum over values are one autograd Function
+(attention.ProbsDropoutValues) that keeps 5 bytes per score: checked with gradcheck and by counting."""
 
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from helpers import SMALL, random_inputs, random_lm, rel_err
 from test_parity import CASES, hf_forward
-from xlnet_ref import attention
-from xlnet_ref.attention import QUERY_BLOCK, RelativeAttention
+from xlnet_ref.attention import QUERY_BLOCK, ProbsDropoutValues, RelativeAttention
 from xlnet_ref.interop import mems_from_hf, to_hf
 from xlnet_ref.permutation import plm_loss
 
@@ -110,55 +107,70 @@ def test_fast_path_loss_and_gradients_equal_the_readable_path(case_id, overrides
     assert checked >= 10
 
 
-def test_checkpointed_blocks_redraw_the_same_dropout_masks(monkeypatch):
-    """With dropout on, a block recomputed in the backward pass draws the masks of its forward pass (the
-    checkpoint restores the random state): loss and gradients equal those of the same blocks kept in memory.
-    Recomputed without restoring the state, the gradients differ (the check can fail)."""
+def test_probs_dropout_values_has_the_gradient_of_softmax_dropout_and_values():
+    """ProbsDropoutValues' hand-written backward against numerical derivatives (float64), with a mask
+    that drops about a third of the probabilities."""
+    g = torch.Generator().manual_seed(0)
+    score = torch.randn(3, 5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    keep = torch.rand(3, 5, 7, generator=g) > 0.3
+    v = torch.randn(3, 7, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(ProbsDropoutValues.apply, (score, keep, v))
+    plain = torch.bmm(torch.softmax(score, dim=-1) * keep, v)
+    assert torch.allclose(ProbsDropoutValues.apply(score, keep, v), plain, rtol=0, atol=1e-12)
+
+
+def plain_probs_dropout_values(score, keep, v):
+    """What ProbsDropoutValues computes, left to autograd (which keeps more for the backward pass)."""
+    return torch.bmm(torch.softmax(score, dim=-1) * keep, v)
+
+
+def test_fast_path_with_dropout_has_autograds_loss_and_gradients(monkeypatch):
+    """Training with dropout, the same seed: the fast path's loss and gradients with ProbsDropoutValues
+    equal those with autograd's own softmax, mask and matmul (the same masks are drawn)."""
     model = in_query_blocks(fast_twin(random_lm(mem_len=6, dropout=0.3)), 2).train()
     kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=7, token_types=True, perm=True,
                        num_predict=3)
     mems = [torch.randn(2, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(l)) for l in range(SMALL["n_layer"])]
     targets = torch.randint(0, SMALL["vocab_size"], (2, 3), generator=torch.Generator().manual_seed(8))
 
-    def loss_and_grads(block_runner):
-        monkeypatch.setattr(attention, "checkpoint", block_runner)
+    def loss_and_grads():
         model.zero_grad()
         torch.manual_seed(11)
         loss = plm_loss(model(**kw, mems=mems).logits, targets, torch.ones(2, 3))
         loss.backward()
         return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    kept_loss, kept = loss_and_grads(lambda block, *args, use_reentrant, **kwargs: block(*args, **kwargs))
-    loss, recomputed = loss_and_grads(checkpoint)
-    _, unrestored = loss_and_grads(functools.partial(checkpoint, preserve_rng_state=False))
-    assert loss == kept_loss
-    assert kept.keys() == recomputed.keys() and len(kept) >= 10
-    for name in kept:
-        assert rel_err(recomputed[name], kept[name]) <= 1e-6, name
-    assert max(rel_err(unrestored[name], kept[name]) for name in kept) > 1e-2
+    loss, ours = loss_and_grads()
+    monkeypatch.setattr(ProbsDropoutValues, "apply", plain_probs_dropout_values)
+    plain_loss, plain = loss_and_grads()
+    assert abs(loss - plain_loss) <= 1e-6 * abs(plain_loss)
+    assert ours.keys() == plain.keys() and len(ours) >= 10
+    for name in ours:
+        assert rel_err(ours[name], plain[name]) <= 1e-5, name
 
 
 @pytest.mark.parametrize("mem_len", [0, 24])
-def test_query_blocks_keep_no_score_sized_tensor_for_the_backward_pass(mem_len):
-    """What a training forward keeps for the backward pass (seen through saved-tensor hooks): in blocks of
-    8 query rows, no kept tensor is as large as one layer's [b, n, i, j] probabilities; all at once,
-    the probabilities are kept (the check can fail)."""
-    b, seq, n = 2, 96, SMALL["n_head"]
-    model = fast_twin(random_lm(mem_len=mem_len, dropout=0.1)).train()
-    kw = random_inputs(batch=b, seq_len=seq, vocab_size=SMALL["vocab_size"], seed=9, perm=True, num_predict=32)
+def test_training_keeps_five_bytes_per_attention_score(monkeypatch, mem_len):
+    """What a training forward (one stream, dropout, blocks of 6 query rows) keeps for the backward pass,
+    seen through saved-tensor hooks: of tensors shaped like a block's scores [b n, rows, j], the
+    probabilities (4 bytes) and the bool mask (1 byte) per score. Left to autograd, the dropped
+    probabilities are kept as well: 9 bytes (the check can fail)."""
+    b, seq, rows, n = 2, 48, 6, SMALL["n_head"]  # rows != d_head, so that K^T [b n, d, j] is not counted
+    klen = mem_len + seq
+    model = in_query_blocks(fast_twin(random_lm(mem_len=mem_len, dropout=0.1)), rows).train()
+    kw = random_inputs(batch=b, seq_len=seq, vocab_size=SMALL["vocab_size"], seed=9)
     mems = [torch.randn(b, mem_len, SMALL["d_model"]) for _ in range(SMALL["n_layer"])] if mem_len else None
-    scores_bytes = b * n * seq * (mem_len + seq) * 4
+    scores = SMALL["n_layer"] * b * n * seq * klen  # every layer's [b, n, i, j]
 
-    def largest_kept_bytes(rows):
-        in_query_blocks(model, rows)
-        sizes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.untyped_storage().nbytes()) or t,
-                                                      lambda t: t):
+    def kept_bytes_per_score():
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
             model(**kw, mems=mems)
-        return max(sizes)
+        return sum(t.numel() * t.element_size() for t in kept if t.shape[-2:] == (rows, klen)) / scores
 
-    assert largest_kept_bytes(None) >= scores_bytes
-    assert largest_kept_bytes(8) < scores_bytes / 4
+    assert kept_bytes_per_score() == 5
+    monkeypatch.setattr(ProbsDropoutValues, "apply", plain_probs_dropout_values)
+    assert kept_bytes_per_score() == 9
 
 
 def test_fast_path_matches_transformers():

@@ -30,19 +30,19 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from .dropout import keep_mask, keep_scale, residual_dropout
 from .masks import mask_value
 from .relative_position import rel_shift
 from .segments import segment_term
 
-# The fast path attends QUERY_BLOCK query rows at a time when a call has more (the query-chunking of Rabe &
-# Staats, 2021, "Self-attention does not need O(n^2) memory"). In training each block is checkpointed: its
-# [b, n, rows, j] scores and probabilities are recomputed in the backward pass instead of kept, so attention
-# memory grows linearly with the sequence, at the price of computing each block's scores twice. The presets
-# (seq_len 32 to 128) and the training-step benchmark (128 rows) are one block; benchmarks/scaling.py measures
-# sequences up to 1024 (benchmarks/RESULTS.md). A module's ``query_block = None`` turns blocks off.
+# The fast path attends QUERY_BLOCK query rows at a time when a call has more (the query chunking of Rabe &
+# Staats, 2021, "Self-attention does not need O(n^2) memory"), so that the temporaries of the score
+# computation (the position term, the bias, the scores) exist for one block at a time; what a block keeps
+# for the backward pass is 5 bytes per score (ProbsDropoutValues). The presets (seq_len 32 to 128) and the
+# training-step benchmark (128 rows) are one block; benchmarks/scaling.py measures sequences up to 1024
+# (benchmarks/RESULTS.md). A module's ``query_block = None`` turns blocks off.
 QUERY_BLOCK = 128
 
 
@@ -59,6 +59,38 @@ def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
     q_halves = rearrange(q_v, "(p c) i n d -> p c i n d", p=k_r.shape[0])  # c: rows within a half
     bd = torch.einsum("pcind,prnd->pcnir", q_halves, k_r)
     return rearrange(bd, "p c n i r -> (p c) n i r")
+
+
+class ProbsDropoutValues(torch.autograd.Function):
+    r"""out = (softmax(S) * K) V for scores S [B, i, j], a bool keep mask K [B, i, j] and values V [B, j, d]
+    (dropout's scale 1 / (1 - p) is left to the caller). What autograd would keep for the backward pass of
+    these three operations is the probabilities P, the mask as a float and the dropped probabilities: 12
+    bytes per score in float32. Here only P and the bool mask are kept, 5 bytes, and the backward pass
+    computes, with O = (P * K) V the output and dO its gradient:
+
+    .. math::
+        dV = (P \circ K)^\top dO, \qquad dP = (dO\, V^\top) \circ K, \qquad
+        dS = P \circ (dP - D), \quad D_i = \textstyle\sum_j dP_{ij} P_{ij} = dO_i \cdot O_i
+
+    (softmax's backward; D is taken from the [i, d] output instead of the [i, j] product, as FlashAttention
+    does). tests/test_fast_path.py checks it with torch.autograd.gradcheck.
+    """
+
+    @staticmethod
+    def forward(ctx, score: torch.Tensor, keep: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        prob = torch.softmax(score, dim=-1)
+        out = torch.bmm(prob * keep, v)
+        ctx.save_for_backward(prob, keep, v, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        prob, keep, v, out = ctx.saved_tensors
+        grad_v = torch.bmm((prob * keep).transpose(1, 2), grad_out)
+        grad_prob = torch.bmm(grad_out, v.transpose(1, 2)).mul_(keep)  # dP
+        d = (grad_out * out).sum(-1, keepdim=True)  # [B, i, 1]
+        return grad_prob.sub_(d).mul_(prob), None, grad_v  # dS, (no gradient for the mask), dV
 
 
 class RelativeAttention(nn.Module):
@@ -180,9 +212,6 @@ class RelativeAttention(nn.Module):
         stop - start queries. (In "uni" the table ends at distance 0, and the window would run past it
         only for keys the causal mask hides: zero rows stand in there.) Blocks of query-stream rows keep
         their positions in query_pos.
-        With gradients on, a block is checkpointed: only its inputs are kept, and its scores and
-        probabilities are recomputed in the backward pass with the random state restored, so that
-        dropout draws the same mask (tests/test_fast_path.py checks both).
         """
         b, i, n, d = q.shape
         klen = k_heads.shape[1]
@@ -202,11 +231,7 @@ class RelativeAttention(nn.Module):
                 block.update(query_pos=None, k_r=k_r[:, qlen - stop: qlen - start + klen])
             else:
                 block.update(query_pos=query_pos[:, start:stop], k_r=k_r)
-            if torch.is_grad_enabled():  # keep the inputs only; recompute the block in the backward pass
-                vec = checkpoint(self.attend_block, q[:, start:stop], k_heads, v_heads, use_reentrant=False, **block)
-            else:
-                vec = self.attend_block(q[:, start:stop], k_heads, v_heads, **block)
-            blocks.append(vec)
+            blocks.append(self.attend_block(q[:, start:stop], k_heads, v_heads, **block))
         return torch.cat(blocks, dim=2)
 
     def attend_block(
@@ -240,7 +265,8 @@ class RelativeAttention(nn.Module):
           rounding step. In float16, -65500 + score can round to -inf, so there the masked scores are set
           to -65500 afterwards, as :meth:`attend` sets them (a fully masked row stays finite and uniform);
         * (a)+(c) is one batched matmul that adds onto that bias (``baddbmm``): no separate sum;
-        * dropout's 1 / (1 - p) is applied to the [b, n, i, d] output instead of the [b, n, i, j] probabilities.
+        * dropout's 1 / (1 - p) is applied to the [b, n, i, d] output instead of the [b, n, i, j] probabilities,
+          and in training softmax, dropout and the sum over values are one :class:`ProbsDropoutValues`.
         """
         b, i, n, d = q.shape
         klen = k_heads.shape[1]
@@ -267,10 +293,14 @@ class RelativeAttention(nn.Module):
         score = score.view(b, n, i, klen)
         if mask is not None and score.dtype == torch.float16:  # -65500 + score may have rounded to -inf: set
             score = score.masked_fill(mask[:, None] < 0, -mask_value(score.dtype))
-        prob = torch.softmax(score, dim=-1)
-        del score  # softmax's backward needs its output only
-        keep = keep_mask(prob, self.dropout.p, self.training)  # dropout; its scale goes on the output
-        vec = torch.bmm((prob if keep is None else prob * keep).view(b * n, i, klen), v_heads).view(b, n, i, d)
+        keep = keep_mask(score, self.dropout.p, self.training, dtype=torch.bool)  # dropout; its scale goes on the output
+        if keep is None:
+            vec = torch.bmm(torch.softmax(score, dim=-1).view(b * n, i, klen), v_heads)
+        elif torch.compiler.is_compiling():  # the same numbers in autograd's operations, which dynamo traces
+            vec = torch.bmm((torch.softmax(score, dim=-1) * keep).view(b * n, i, klen), v_heads)
+        else:
+            vec = ProbsDropoutValues.apply(score.view(b * n, i, klen), keep.view(b * n, i, klen), v_heads)
+        vec = vec.view(b, n, i, d)
         return vec if keep is None else vec * keep_scale(self.dropout.p)  # [b, n, i, d]
 
     def post_attention_fast(self, x: torch.Tensor, attn_vec: torch.Tensor) -> torch.Tensor:

@@ -27,22 +27,24 @@ def keep_scale(p: float) -> float:
     return 2**BITS / (2**BITS - drop_threshold(p))
 
 
-def keep_mask(x: torch.Tensor, p: float, training: bool) -> torch.Tensor | None:
-    """Dropout's keep mask [u >= t] (0./1. in x's dtype and shape), or None when nothing is dropped.
-    The caller scales by :func:`keep_scale` wherever that is cheapest (fused into the next operation)."""
+def keep_mask(x: torch.Tensor, p: float, training: bool, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """Dropout's keep mask [u >= t] (0./1. in x's shape, in ``dtype``: x's by default, or torch.bool to
+    keep it in a byte per element), or None when nothing is dropped. The caller scales by
+    :func:`keep_scale` wherever that is cheapest (fused into the next operation)."""
+    dtype = x.dtype if dtype is None else dtype
     if not training or p == 0:
         return None
     if not 0 < p < 1:
         raise ValueError(f"dropout p: expected 0 <= p < 1, got {p}")
     if torch.compiler.is_compiling():  # dynamo cannot trace random_(); the compiled kernel draws its own
         # uniforms (multiples of 2^-24): P(u < t / 2^15) is exactly t / 2^15, the same drop probability
-        return (torch.rand_like(x, dtype=torch.float32) >= drop_threshold(p) / 2**BITS).to(x.dtype)
+        return (torch.rand_like(x, dtype=torch.float32) >= drop_threshold(p) / 2**BITS).to(dtype)
     n = x.numel()
     draws = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()  # 31 uniform bits each
     # two int16 halves per draw, bit 15 of each cleared (the high half's is the draw's sign bit, always 0)
     bits = draws.bitwise_and_(0x7FFF7FFF).view(torch.int16)[:n].view(x.shape)  # uniform on 0..2^15-1
-    # compared straight into x's dtype: multiplying by a bool mask would convert it twice (forward, backward)
-    return torch.ge(bits, drop_threshold(p), out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    # compared straight into the dtype: multiplying x by a bool mask would convert it twice (forward, backward)
+    return torch.ge(bits, drop_threshold(p), out=torch.empty(x.shape, dtype=dtype, device=x.device))
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
