@@ -119,6 +119,25 @@ def test_probs_dropout_values_has_the_gradient_of_softmax_dropout_and_values():
     assert torch.allclose(ProbsDropoutValues.apply(score, keep, v), plain, rtol=0, atol=1e-12)
 
 
+def test_probs_dropout_values_under_autocast_with_a_float32_softmax():
+    """As under CUDA autocast: the scores (hence P) in float32, V in bfloat16, the forward's matmul cast to
+    bfloat16 by autocast, the backward run without autocast. (CPU autocast leaves softmax alone, so a
+    float32 score gives the float32 P that CUDA's autocast makes.) Gradients agree with autograd's own."""
+    g = torch.Generator().manual_seed(1)
+    score = torch.randn(3, 5, 7, generator=g, requires_grad=True)
+    v = torch.randn(3, 7, 4, generator=g).to(torch.bfloat16).requires_grad_()
+    keep = torch.rand(3, 5, 7, generator=g) > 0.3
+    grads = []
+    for fn in (ProbsDropoutValues.apply, plain_probs_dropout_values):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(score, keep, v)
+        assert out.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(out.float().square().sum(), (score, v)))
+    for ours, plain in zip(*grads):
+        assert ours.dtype == plain.dtype
+        assert rel_err(ours.float(), plain.float()) <= 2e-2
+
+
 def plain_probs_dropout_values(score, keep, v):
     """What ProbsDropoutValues computes, left to autograd (which keeps more for the backward pass)."""
     return torch.bmm(torch.softmax(score, dim=-1) * keep, v)

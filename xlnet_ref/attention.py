@@ -87,9 +87,12 @@ class ProbsDropoutValues(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         prob, keep, v, out = ctx.saved_tensors
-        grad_v = torch.bmm((prob * keep).transpose(1, 2), grad_out)
-        grad_prob = torch.bmm(grad_out, v.transpose(1, 2)).mul_(keep)  # dP
-        d = (grad_out * out).sum(-1, keepdim=True)  # [B, i, 1]
+        # Under CUDA autocast the forward's softmax ran in float32 and its matmul in bfloat16; the backward
+        # runs without autocast, so the matmuls here take V's dtype and the softmax part P's explicitly.
+        grad_out = grad_out.to(v.dtype)
+        grad_v = torch.bmm((prob * keep).to(v.dtype).transpose(1, 2), grad_out)
+        grad_prob = torch.bmm(grad_out, v.transpose(1, 2)).to(prob.dtype).mul_(keep)  # dP
+        d = (grad_out * out).sum(-1, keepdim=True).to(prob.dtype)  # [B, i, 1]
         return grad_prob.sub_(d).mul_(prob), None, grad_v  # dS, (no gradient for the mask), dV
 
 
