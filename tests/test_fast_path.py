@@ -325,3 +325,35 @@ def test_tied_embedding_gradient_is_dense_and_equal_without_the_logits():
     (lookup_grad,) = torch.autograd.grad(fast.transformer.embed_words(kw["input_ids"], fast=True).sum(),
                                          fast.transformer.word_embedding.weight)
     assert lookup_grad.is_sparse
+
+
+def test_tied_gradients_are_added_in_place(monkeypatch):
+    """The tied [V, m] matrix gets the LM head's dense gradient and the word lookup's sparse one. On the
+    fast path (model.TiedHead, model.LateAlias) autograd adds them in place: no [V, m] copy or out-of-place
+    add in the backward pass, and the gradient equals the readable path's. With nn.Linear's head and no
+    alias the copy shows (the check can fail)."""
+    from torch.profiler import profile
+
+    from xlnet_ref import model as model_module
+
+    readable = random_lm(mem_len=6).train()
+    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=8, perm=True, num_predict=3)
+    readable(**kw).logits.square().sum().backward()
+    matrix = [SMALL["vocab_size"], SMALL["d_model"]]
+
+    def out_of_place_matrix_ops():
+        fast = fast_twin(readable)
+        fast.zero_grad(set_to_none=True)
+        loss = fast(**kw).logits.square().sum()
+        with profile(record_shapes=True) as prof:
+            loss.backward()
+        grad = fast.transformer.word_embedding.weight.grad
+        assert not grad.is_sparse and rel_err(grad, readable.transformer.word_embedding.weight.grad) <= 1e-5
+        return [e.key for e in prof.key_averages(group_by_input_shape=True)
+                if e.key in ("aten::copy_", "aten::add") and e.input_shapes[:2] == [matrix, matrix]
+                and len(e.input_shapes) == 3]  # add(a, b, alpha) or copy_(dst, src, non_blocking); not add.out
+
+    assert out_of_place_matrix_ops() == []
+    monkeypatch.setattr(model_module.TiedHead, "apply", torch.nn.functional.linear)
+    monkeypatch.setattr(model_module.LateAlias, "apply", lambda weight: weight)
+    assert out_of_place_matrix_ops() != []

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .attention import RelativeAttention
 from .checks import check_inputs
@@ -113,7 +114,8 @@ class XLNetModel(nn.Module):
         """E[x]: [b, i] -> [b, i, m]. On the fast path, eager on a CPU, with E tied to an LM head: the
         lookup's gradient is kept sparse (b*i rows) and added into the head's dense gradient of the same
         matrix, instead of filling a dense [V, m] matrix with zeros for b*i rows and then adding two dense
-        [V, m] matrices (~4% of the benchmark's training step at V = 32000; benchmarks/RESULTS.md)."""
+        [V, m] matrices (~4% of the benchmark's training step at V = 32000; benchmarks/RESULTS.md), in
+        place (XLNetLMHeadModel's LateAlias and TiedHead)."""
         emb = self.word_embedding
         # nn.Embedding reads its ``sparse`` flag on every call (only the gradient's layout depends on it).
         # Set for this call only and looked up through the module, so that hooks on word_embedding see every
@@ -246,6 +248,41 @@ class XLNetModel(nn.Module):
                            hidden_states=hidden_states)
 
 
+class TiedHead(torch.autograd.Function):
+    """logits = h W^T + bias for h [N, m] and the tied W [V, m]: nn.Linear's numbers, with W's gradient
+    made as a fresh [V, m] tensor (grad^T h) where nn.Linear's is a transposed view. See LateAlias."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        return torch.addmm(bias, h, weight.t())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        h, weight = ctx.saved_tensors
+        return grad.mm(weight), grad.t().mm(h), grad.sum(0)  # dh, dW [V, m] (not a view), dbias
+
+
+class LateAlias(torch.autograd.Function):
+    """W itself, for the LM head, through a node of its own recorded before the word lookup.
+
+    The tied matrix gets two gradients in one backward pass: the head's, dense, and the lookup's, sparse
+    on the fast path (XLNetModel.embed_words). Autograd adds them in place only when the sparse one comes
+    first and the dense one is a tensor of its own (torch/csrc/autograd/input_buffer.cpp); otherwise it
+    allocates and copies the whole [V, m] matrix (~12 ms of the benchmark's step). The head's backward
+    runs before the lookup's, because it was recorded later; its gradient then waits in this node, which
+    was recorded first and so runs last. Fast path only, as TiedHead."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def densify_grad(param: torch.Tensor) -> None:
     """A sparse gradient made dense (see XLNetLMHeadModel.keep_tied_gradient_dense)."""
     if param.grad is not None and param.grad.is_sparse:
@@ -269,8 +306,14 @@ class XLNetLMHeadModel(nn.Module):
         ([b, k, V]) when target_mapping is given, else over every position ([b, i, V])."""
         if not torch.compiler.is_compiling():  # compiled, the lookup's gradient is dense anyway
             self.keep_tied_gradient_dense()
+        fast = self.config.implementation == "fast" and not torch.compiler.is_compiling()
+        weight = LateAlias.apply(self.lm_loss.weight) if fast else None  # before the lookup (see LateAlias)
         out = self.transformer(input_ids, **kwargs)
-        out.logits = self.lm_loss(out.last_hidden_state)
+        h = out.last_hidden_state
+        if fast:
+            out.logits = TiedHead.apply(h.reshape(-1, h.shape[-1]), weight, self.lm_loss.bias).view(*h.shape[:-1], -1)
+        else:
+            out.logits = self.lm_loss(h)
         return out
 
     def keep_tied_gradient_dense(self) -> None:
