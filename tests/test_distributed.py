@@ -1,5 +1,5 @@
 """DistributedDataParallel under torchrun: 2 CPU processes (gloo) give the weights of 1 process at the same
-global batch, with dropout 0, to float32 round-off; a 2-rank run resumes on 1 rank."""
+global batch, with dropout 0, to float32 round-off; only rank 0 reports; a 2-rank run resumes on 1 rank."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def test_two_ranks_give_the_weights_of_one_and_resume_on_one(tmp_path):
     assert main([*ARGS, "--out", str(one)]) == 0
     done = torchrun([*ARGS, "--out", str(two)], nproc=2)
     assert "2 ranks of 2 rows" in done.stdout + done.stderr  # it really ran on two ranks
+    assert done.stdout.count("done in ") == 1 and done.stdout.count("checkpoint: ") == 1  # rank 0 reports
     for step in (2, 4):
         assert_close(weights(two, step), weights(one, step), f"2 ranks vs 1 at step {step}")
         assert_close(mems(two, step), mems(one, step), f"memory (all rows, global order) at step {step}")

@@ -798,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # OSError: FileNotFoundError, FileExistsError, a full disk, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not distributed.world_from_env().is_main:  # under torchrun only rank 0 reports and exports
+        return 0
     losses = ", ".join(f"{label} {result.final(key):.3f}" for key, label in
                        (("loss", "train loss"), ("eval_plm_loss", "eval PLM loss"), ("eval_l2r_loss", "left-to-right loss"))
                        if result.final(key) is not None)
