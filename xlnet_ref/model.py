@@ -261,6 +261,9 @@ class TiedHead(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         h, weight = ctx.saved_tensors
+        # under autocast the forward's matmul ran in bfloat16 and its gradient comes in that dtype: the
+        # backward's matmuls run in it too, as nn.Linear's do (autograd casts each gradient to its input's dtype)
+        h, weight = h.to(grad.dtype), weight.to(grad.dtype)
         return grad.mm(weight), grad.t().mm(h), grad.sum(0)  # dh, dW [V, m] (not a view), dbias
 
 
