@@ -199,12 +199,9 @@ class RelativeAttention(nn.Module):
         k_r: torch.Tensor,
         *,
         mask: torch.Tensor | None,
-        r_w_bias: torch.Tensor,
-        r_r_bias: torch.Tensor,
-        r_s_bias: torch.Tensor | None,
         seg_diff: torch.Tensor | None,
         query_pos: torch.Tensor | None,
-        qlen: int,
+        **terms,
     ) -> torch.Tensor:
         """:meth:`attend_block` over blocks of ``self.query_block`` query rows  ->  attn_vec [b, n, i, d].
         One block when the call has no more rows than that (the usual case).
@@ -214,11 +211,10 @@ class RelativeAttention(nn.Module):
         window only, and :func:`rel_shift` of the window gives the block's scores, as for a segment of
         stop - start queries. (In "uni" the table ends at distance 0, and the window would run past it
         only for keys the causal mask hides: zero rows stand in there.) Blocks of query-stream rows keep
-        their positions in query_pos.
+        their positions in query_pos. ``terms``: r_w_bias, r_r_bias, r_s_bias and qlen, passed on as they come.
         """
         b, i, n, d = q.shape
-        klen = k_heads.shape[1]
-        terms = dict(r_w_bias=r_w_bias, r_r_bias=r_r_bias, r_s_bias=r_s_bias, qlen=qlen)
+        klen, qlen = k_heads.shape[1], terms["qlen"]
         one_block = self.query_block is None or i <= self.query_block
         if one_block or torch.compiler.is_compiling():  # (a compiled graph plans its memory itself)
             return self.attend_block(q, k_heads, v_heads, k_r, mask=mask, seg_diff=seg_diff, query_pos=query_pos,
