@@ -5,7 +5,14 @@ import statistics
 
 import pytest
 
-from xlnet_ref.experiments.common import load_result, result_path, summarize, within_spread, write_result
+from xlnet_ref.experiments.common import (
+    consistent_with_seeds,
+    load_result,
+    result_path,
+    summarize,
+    within_spread,
+    write_result,
+)
 
 
 def test_summary_is_mean_and_sample_std_of_the_seeds():
@@ -24,6 +31,16 @@ def test_round_trip_and_spread(tmp_path):
     record = load_result("toy", size="quick", directory=tmp_path)
     assert record["config"] == {"a": 1} and record["seeds"] == [0, 1, 2]
     assert within_spread(0.6, record, "acc") and not within_spread(0.8, record, "acc")
+
+
+def test_consistent_with_seeds_widens_the_range_by_one_std(tmp_path):
+    rows = [{"seed": s, "acc": 0.5 + 0.1 * s, "floor": 1.25} for s in (0, 1, 2)]  # acc: min 0.5, max 0.7, std 0.1
+    write_result("toy", size="quick", command="cmd", config={}, seeds=[0, 1, 2], per_seed=rows, directory=tmp_path)
+    record = load_result("toy", size="quick", directory=tmp_path)
+    assert consistent_with_seeds(0.41, record, "acc") and consistent_with_seeds(0.79, record, "acc")
+    assert not consistent_with_seeds(0.39, record, "acc") and not consistent_with_seeds(0.81, record, "acc")
+    # a quantity with no spread between seeds: round-off (floor) only
+    assert consistent_with_seeds(1.25 + 5e-5, record, "floor") and not consistent_with_seeds(1.2502, record, "floor")
 
 
 def test_bad_records_are_refused(tmp_path):

@@ -1,5 +1,11 @@
-"""The committed golden files: the reference reproduces them, they regenerate bit for bit, they are small,
-and they can be read with json + numpy alone (the format docs/validate.md describes)."""
+"""The committed golden files: the reference reproduces them within their tolerances on any machine,
+regenerating them from the seeds gives the same files within those tolerances (and the same bytes when
+written twice on one machine), they are small, and they can be read with json + numpy alone (the
+format docs/validate.md describes).
+
+Bit-for-bit equality with the committed files is not tested: float rounding depends on the CPU, the
+kernels torch picks for it, the BLAS build and the thread count (run the suite with
+ATEN_CPU_CAPABILITY=default to see the bits move while every tolerance holds)."""
 
 from __future__ import annotations
 
@@ -12,11 +18,9 @@ import pytest
 import torch
 
 from xlnet_ref.validation.cases import SPECS, builtin_cases, expected_stage_names
-from xlnet_ref.validation.golden import DEFAULT_DIR, environment, read_cases, read_manifest, write_golden
+from xlnet_ref.validation.compare import compare_stage, huge_threshold
+from xlnet_ref.validation.golden import DEFAULT_DIR, read_cases, write_golden
 from xlnet_ref.validation.validate import first_departure, reference_adapter, validate, validate_case
-
-SAME_ENVIRONMENT = read_manifest(DEFAULT_DIR)["generated_on"] == environment()
-
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +45,12 @@ def test_expected_stage_names_are_what_the_reference_returns():
 
 
 def test_reference_reproduces_the_committed_files(committed):
+    """The promise, on any machine: every stage within the case's tolerances."""
     for case in committed:
         result = validate_case(case, reference_adapter)
         assert result.passed, f"{case.name}: first failing stage {result.first_failure}"
         if case.expect_error is None:
             assert result.outputs.keys() >= case.expected.keys()
-            if SAME_ENVIRONMENT:  # bit for bit where they were generated
-                for name, expected in case.expected.items():
-                    assert torch.equal(result.outputs[name], expected), f"{case.name}/{name} not bit for bit"
         else:
             assert result.stages[0].stage == "input_check"
 
@@ -58,20 +60,87 @@ def regenerated(tmp_path_factory):
     return write_golden(tmp_path_factory.mktemp("golden"))
 
 
-def test_regenerating_gives_the_same_bytes(regenerated):
-    if not SAME_ENVIRONMENT:
-        pytest.skip(f"golden files were generated on {read_manifest(DEFAULT_DIR)['generated_on']}, "
-                    f"this is {environment()}: only tolerances are promised (test above)")
+def within_case_tolerance(name, expected, actual, case) -> bool:
+    """The golden comparison rule itself (compare.compare_stage), with the case's tolerances."""
+    if not expected.dtype.is_floating_point:
+        return torch.equal(expected, actual)
+    result = compare_stage(name, expected.numpy(), actual.numpy(), rtol=case.tolerances["rtol"],
+                           atol=case.tolerances["atol"], huge=huge_threshold(case.dtype))
+    return not result.failed
+
+
+def test_regenerating_from_the_seeds_gives_the_committed_files_within_tolerance(committed, regenerated):
+    """Same file names, cases, stage lists and tensor names; integer and bool tensors equal; every float
+    tensor (weights, inputs, stages) within its case's tolerances."""
     written = sorted(p.name for p in regenerated.iterdir())  # golden/ also holds README.md
     assert sorted(p.name for p in DEFAULT_DIR.iterdir()) == sorted(written + ["README.md"])
-    for name in written:
-        assert (regenerated / name).read_bytes() == (DEFAULT_DIR / name).read_bytes(), f"{name} differs"
+    assert (regenerated / "compare.py").read_bytes() == (DEFAULT_DIR / "compare.py").read_bytes()
+    fresh = {c.name: c for c in read_cases(regenerated)}
+    for case in committed:
+        new = fresh[case.name]
+        assert (new.config, new.dtype, new.tolerances, new.gradients) == \
+            (case.config, case.dtype, case.tolerances, case.gradients), case.name
+        assert bool(new.expect_error) == bool(case.expect_error), case.name
+        assert list(new.expected) == list(case.expected), case.name
+        for group in ("weights", "inputs", "expected"):
+            old_tensors, new_tensors = getattr(case, group), getattr(new, group)
+            assert old_tensors.keys() == new_tensors.keys(), (case.name, group)
+            for name, old in old_tensors.items():
+                pairs = zip(old, new_tensors[name]) if name == "mems" else [(old, new_tensors[name])]
+                for a, b in pairs:
+                    assert a.shape == b.shape and a.dtype == b.dtype, (case.name, name)
+                    assert within_case_tolerance(name, a, b, case), f"{case.name}/{name}"
 
 
-def test_writing_twice_gives_the_same_bytes(regenerated, tmp_path):
-    again = write_golden(tmp_path, read_cases(regenerated))  # from the written cases, not from the seeds
-    for path in regenerated.glob("*.safetensors"):
-        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+def test_writing_twice_on_one_machine_gives_the_same_bytes(regenerated, tmp_path):
+    """The bit-for-bit promise that holds everywhere: from the seeds, and from the written cases."""
+    from_seeds = write_golden(tmp_path / "seeds")
+    from_files = write_golden(tmp_path / "files", read_cases(regenerated))
+    for path in regenerated.iterdir():
+        assert (from_seeds / path.name).read_bytes() == path.read_bytes(), path.name
+        if path.suffix == ".safetensors":
+            assert (from_files / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_golden_check_on_the_committed_files_passes_and_says_what_it_checked(capsys):
+    from xlnet_ref.validation.cli import golden_main
+
+    assert golden_main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("promise checked: every stage within its case's tolerances")
+    assert "bit-for-bit equality is not promised across machines" in out
+    assert f"OK: {len(SPECS) - 1} of {len(SPECS) - 1} cases within tolerance, 1 refusal case(s)" in out
+
+
+@pytest.mark.parametrize("factor", [1 + 1e-4, 1 - 1e-4])
+def test_golden_check_fails_on_a_changed_stage(tmp_path, capsys, factor):
+    """The tolerance path is no rubber stamp: a change of 1e-4 (ten times rtol) in one stage fails
+    `golden check` (exit 1) and names that case, and only that case."""
+    from xlnet_ref.validation.cli import golden_main
+
+    directory = copy_golden(tmp_path)
+    edit_tensor(directory, "memory", "stages/layer1.content.bd", lambda t: t * factor)
+    assert golden_main(["check", "--dir", str(directory)]) == 1
+    out = capsys.readouterr().out
+    verdicts = [line.split()[:2] for line in out.splitlines() if line[:1].isalpha() and line.split()[0] in
+                {s.name for s in SPECS}]
+    assert [name for name, verdict in verdicts if verdict == "FAIL"] == ["memory"]
+    assert len(verdicts) == len(SPECS)
+    assert "layer1.content.bd" in out and out.splitlines()[-1].startswith("FAILED: ")
+
+
+def test_golden_check_fails_on_a_changed_weight(tmp_path, capsys):
+    from xlnet_ref.validation.cli import golden_main
+
+    directory = copy_golden(tmp_path)
+
+    def nudge(w):
+        w[3] += 1e-3
+        return w
+
+    edit_tensor(directory, "gradients", "weights/transformer.layer.0.ff.layer_2.bias", nudge)
+    assert golden_main(["check", "--dir", str(directory)]) == 1
+    assert "gradients                FAIL" in capsys.readouterr().out
 
 
 def test_files_are_small():

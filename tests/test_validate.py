@@ -226,13 +226,22 @@ def test_bd_raw_is_what_rel_shift_moves_into_place(golden):
 
 
 def test_live_cases_equal_the_golden_inputs():
-    """The builtin cases regenerate the committed weights and inputs (same seeds, same generator)."""
+    """The builtin cases regenerate the committed weights and inputs (same seeds, same generator): integer
+    tensors equal, float ones within the case's rtol (torch's normal sampler rounds differently on
+    another CPU or with other kernels, in the last bits)."""
     live = {c.name: c for c in builtin_cases()}
     for case in read_cases(DEFAULT_DIR):
         assert case.weights.keys() == live[case.name].weights.keys()
-        for k, w in case.weights.items():
-            assert torch.equal(w, live[case.name].weights[k]), k
         assert case.inputs.keys() == live[case.name].inputs.keys()
+        fresh = {**live[case.name].weights, **live[case.name].inputs}
+        for k, w in [*case.weights.items(), *case.inputs.items()]:
+            for a, b in zip(w, fresh[k]) if k == "mems" else [(w, fresh[k])]:
+                assert a.dtype == b.dtype and a.shape == b.shape, k
+                if a.is_floating_point():
+                    scale = a.double().abs().max().item()
+                    assert (a.double() - b.double()).abs().max().item() <= case.tolerances["rtol"] * scale, k
+                else:
+                    assert torch.equal(a, b), k
 
 
 # --- no false passes ---------------------------------------------------------------------------------

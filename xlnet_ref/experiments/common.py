@@ -99,6 +99,43 @@ def load_result(name: str, *, size: str = "full", directory: str | Path | None =
     return record
 
 
+def consistent_with_seeds(value: float, result: dict, key: str, *, floor: float = 1e-4) -> bool:
+    """Could ``value`` be one more seed of the recorded run? True iff it lies in the recorded seeds'
+    [min, max] of ``key`` widened on each side by their sample standard deviation (at least ``floor``).
+
+    This is what a live re-run can check on any machine. The same seed on another CPU, with other kernels
+    (``ATEN_CPU_CAPABILITY``) or another thread count rounds differently, and training turns that into
+    another trajectory: the number moves, as it does from seed to seed. A number outside the widened range
+    says the code or the data changed, not the rounding. ``floor`` covers quantities that do not vary
+    between seeds (exact floors, count models): float round-off only.
+    """
+    stats = result["summary"][key]
+    margin = max(stats["std"], floor)
+    return stats["min"] - margin <= value <= stats["max"] + margin
+
+
+def live_against_recorded(live: dict, result: dict, seed: int, keys=None, *, floor: float = 1e-4) -> tuple[str, bool]:
+    """A live re-run of one recorded seed against the record: a table (key, the recorded number of that
+    seed, the live one, the recorded seeds' range, :func:`consistent_with_seeds`) and whether every key
+    is consistent. ``keys`` default to every recorded key the live run has."""
+    recorded = next((row for row in result["per_seed"] if row["seed"] == seed), None)
+    if recorded is None:
+        raise ValueError(f"seed: expected one of the recorded seeds {result['seeds']}, got {seed!r}")
+    keys = [k for k in recorded if k != "seed" and k in live] if keys is None else list(keys)
+    width = max(len(k) for k in keys)
+    lines = [f"{'':{width}}  {'recorded':>9} {'live':>8}  {'the ' + str(len(result['seeds'])) + ' recorded seeds':>24}",
+             f"{'':{width}}  {'seed ' + str(seed):>9} {'seed ' + str(seed):>8}  {'min':>8} {'max':>7} {'std':>7}"
+             "  consistent"]
+    ok = True
+    for k in keys:
+        s = result["summary"][k]
+        good = consistent_with_seeds(live[k], result, k, floor=floor)
+        ok = ok and good
+        lines.append(f"{k:{width}}  {recorded[k]:9.4f} {live[k]:8.4f}  {s['min']:8.4f} {s['max']:7.4f} "
+                     f"{s['std']:7.4f}  {'yes' if good else 'NO'}")
+    return "\n".join(lines), ok
+
+
 def within_spread(value: float, result: dict, key: str, *, slack: float = 0.0) -> bool:
     """Is ``value`` inside [min - slack, max + slack] of ``key`` over the recorded seeds?"""
     stats = result["summary"][key]

@@ -30,7 +30,7 @@ from .adapters import AdapterRun, load_adapter, run_adapter  # noqa: F401 — re
 from .cases import Case
 from .compare import REFUSED, StageResult, hidden_keys, huge_threshold
 from .compare import compare_stage as _compare_arrays
-from .golden import DEFAULT_DIR, environment, read_cases, read_manifest, with_reference_outputs
+from .golden import DEFAULT_DIR, read_cases, with_reference_outputs
 from .reference import build_reference, reference_adapter, reference_stages  # noqa: F401 — notebook 07 imports these here
 from .stages import STAGES, closest_stage, is_known_stage, stage_description, stage_layout  # noqa: F401
 from .transformers_adapter import hf_adapter  # noqa: F401
@@ -223,28 +223,39 @@ def format_report(results: list[CaseResult], *, against: str, brief: bool = Fals
 
 
 def check_reproduction(directory=DEFAULT_DIR, *, out=print) -> int:
-    """Run the reference on the saved cases: bit for bit? within tolerance? Returns the exit status (0 / 1);
-    a missing, incomplete or damaged folder raises golden.GoldenError (a ValueError)."""
+    """Run the reference on the saved cases and check the golden files' one promise: every stage within
+    its case's tolerances (``rtol``, ``atol`` in the manifest), on any machine. Returns the exit status
+    (0 / 1); a missing, incomplete or damaged folder raises golden.GoldenError (a ValueError).
+
+    Whether a case is also equal bit for bit is printed, for information only: float rounding depends on
+    the CPU, the kernels torch picks for it (``ATEN_CPU_CAPABILITY``), the BLAS build and the thread
+    count, none of which the files can record well enough to promise equal bits on another machine.
+    """
     cases = read_cases(directory)
-    same_env = read_manifest(directory)["generated_on"] == environment()
-    status = 0
+    out("promise checked: every stage within its case's tolerances (bit-for-bit equality is not promised "
+        "across machines)")
+    status, exact_cases, compared = 0, 0, 0
     for case in cases:
         result = validate_case(case, reference_adapter)
         exact = result.outputs is not None and all(
             torch.equal(result.outputs[k], v) for k, v in case.expected.items() if k in result.outputs)
         worst = max((s.max_rel or 0.0 for s in result.stages if s.max_rel is not None), default=0.0)
+        tol = f"rtol {case.tolerances['rtol']:g}, atol {case.tolerances['atol']:g}"
         if not result.passed:
-            verdict = "FAIL"
+            verdict = f"FAIL ({tol})"
+            status = 1
         elif case.expect_error is not None:
             verdict = "refused, as the saved case expects"
         else:
-            verdict = "bit for bit" if exact else f"within tolerance (max rel err {worst:.1e})"
+            compared += 1
+            exact_cases += exact
+            verdict = (f"within tolerance ({tol}; max rel err {worst:.1e}"
+                       + ("; bit for bit here)" if exact else ")"))
         out(f"{case.name:<24} {verdict}")
         if not result.passed:
             out(format_case(result, brief=True))
-            status = 1
-        elif same_env and not exact and case.expect_error is None:
-            out("  not bit for bit although generated on this environment")
-            status = 1
-    out(f"environment {'matches' if same_env else 'differs from'} the one the files were generated on")
+    refusals = sum(1 for c in cases if c.expect_error is not None)
+    out(f"{'FAILED' if status else 'OK'}: {compared} of {len(cases) - refusals} cases within tolerance, "
+        f"{refusals} refusal case(s); {exact_cases} of {compared} also bit for bit on this machine "
+        "(information, not checked)")
     return status
