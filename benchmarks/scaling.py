@@ -91,7 +91,8 @@ def measure(spec: dict) -> dict:
     sys.path.insert(0, str(HERE))
     from train_step_vs_hf import make_batch, step_fn, sync
 
-    from xlnet_ref import XLNetConfig, XLNetLMHeadModel
+    from xlnet_ref import XLNetConfig
+    from xlnet_ref.fast import XLNetLMHeadModel
     from xlnet_ref.interop import mems_to_hf, to_hf
 
     if spec["threads"]:
@@ -99,9 +100,8 @@ def measure(spec: dict) -> dict:
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     cfg = XLNetConfig(vocab_size=spec["vocab_size"], d_model=spec["d_model"], n_layer=spec["n_layer"],
-                      n_head=spec["n_head"], d_inner=spec["d_inner"], mem_len=spec["mem_len"] or None, dropout=0.1,
-                      implementation="fast")
-    ours = XLNetLMHeadModel(cfg)
+                      n_head=spec["n_head"], d_inner=spec["d_inner"], mem_len=spec["mem_len"] or None, dropout=0.1)
+    ours = XLNetLMHeadModel(cfg)  # the fast path (the same parameters as the readable class)
     is_hf = spec["impl"] == "transformers"
     model = (to_hf(ours) if is_hf else ours).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({} if is_hf else {"fused": True}))

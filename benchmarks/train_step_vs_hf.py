@@ -8,7 +8,7 @@
 The two are timed in interleaved pairs (ours, theirs, ours, theirs, ...) in one process so that machine
 noise hits both alike; the reported ratio is the median over pairs of t_hf / t_ours (> 1: we are faster).
 A step is forward + PLM loss + backward + AdamW update, with a full memory of mem_len states.
-Ours runs as ``python -m xlnet_ref.train`` runs it by default: the fast path (XLNetConfig.implementation="fast") and fused AdamW;
+Ours runs as ``python -m xlnet_ref.train`` runs it by default: the fast path (xlnet_ref.fast.XLNetLMHeadModel) and fused AdamW;
 transformers runs as its users run it: eager, torch's default AdamW (foreach).
 The fraction of the matmul peak is (FLOPs of one step, counted by torch.utils.flop_counter) / (median
 step time) / (the best rate of one 2048^3 float32 matmul on this machine, best of 20 before and 20 after
@@ -24,7 +24,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from xlnet_ref import XLNetConfig, XLNetLMHeadModel
+from xlnet_ref import XLNetConfig, XLNetLMHeadModel, fast
 from xlnet_ref.interop import mems_to_hf, to_hf
 
 
@@ -76,7 +76,8 @@ def step_fn(model, opt, batch, labels, mems, *, is_hf, autocast):
         if is_hf:
             logits = model(**batch, mems=mems, use_mems=True).logits
         else:
-            logits = model(**batch, mems=mems, content_output=False).logits  # as train.py: the loss needs only g
+            skip = {"content_output": False} if isinstance(model, fast.XLNetLMHeadModel) else {}  # as train.py
+            logits = model(**batch, mems=mems, **skip).logits  # the loss needs only g
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,8 +112,8 @@ def main():
     autocast = args.dtype == "bf16"
     torch.manual_seed(0)
     cfg = XLNetConfig(vocab_size=args.vocab_size, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
-                      d_inner=args.d_inner, mem_len=args.mem_len, dropout=0.1, implementation=args.implementation)
-    ours = XLNetLMHeadModel(cfg).to(device).train()
+                      d_inner=args.d_inner, mem_len=args.mem_len, dropout=0.1)
+    ours = (fast.XLNetLMHeadModel if args.implementation == "fast" else XLNetLMHeadModel)(cfg).to(device).train()
     theirs = to_hf(ours).to(device).train()
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=args.adamw == "fused")
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-4)

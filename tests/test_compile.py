@@ -1,5 +1,6 @@
-"""torch.compile takes the model and the training step whole: dynamo's explain finds one graph and no
-graph break, on both paths and the configurations that change the code taken. A compiled step (the
+"""torch.compile takes the fast path's model (xlnet_ref.fast, what training compiles) and the training step
+whole: dynamo's explain finds one graph and no graph break, for the configurations that change the code
+taken. (The readable path checks its inputs' values, which breaks a graph; it is not compiled.) A compiled step (the
 aot_eager backend: dynamo + AOTAutograd, no C++ compiler needed) gives the eager loss and gradients."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from helpers import SMALL, random_inputs, random_lm, rel_err
+from xlnet_ref.fast import to_fast
 from xlnet_ref.permutation import plm_loss
 
 
@@ -31,18 +33,17 @@ def step_inputs(batch=2, seed=0, **opts):
     return kw, mems, targets, weights
 
 
-CONFIGS = [  # (implementation, id, config overrides, input options)
-    ("fast", "bi_data-segments-padding", dict(bi_data=True), dict(token_types=True, left_padding=True)),
-    ("fast", "uni-same_length", dict(attn_type="uni", same_length=True), {}),
-    ("readable", "bi-segments", {}, dict(token_types=True)),
+CONFIGS = [  # (id, config overrides, input options)
+    ("bi_data-segments-padding", dict(bi_data=True), dict(token_types=True, left_padding=True)),
+    ("uni-same_length", dict(attn_type="uni", same_length=True), {}),
+    ("bi-segments", {}, dict(token_types=True)),
 ]
 
 
-@pytest.mark.parametrize("implementation, name, overrides, opts", CONFIGS, ids=[f"{c[0]}-{c[1]}" for c in CONFIGS])
-def test_training_step_has_no_graph_break(implementation, name, overrides, opts):
+@pytest.mark.parametrize("name, overrides, opts", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_training_step_has_no_graph_break(name, overrides, opts):
     torch._dynamo.reset()
-    model = random_lm(mem_len=6, dropout=0.1, n_layer=N_LAYER, **overrides).train()
-    model.config.implementation = implementation
+    model = to_fast(random_lm(mem_len=6, dropout=0.1, n_layer=N_LAYER, **overrides).train())
     kw, mems, targets, weights = step_inputs(batch=4 if overrides.get("bi_data") else 2, **opts)
     explained = torch._dynamo.explain(train_step)(model, kw, mems, targets, weights)
     reasons = [r.reason for r in explained.break_reasons]
@@ -65,10 +66,9 @@ def test_explain_finds_a_graph_break_when_there_is_one():
 
 def test_compiled_step_gives_the_eager_loss_and_gradients():
     torch._dynamo.reset()
-    eager = random_lm(mem_len=6, bi_data=True, n_layer=N_LAYER).train()  # dropout 0
-    eager.config.implementation = "fast"
-    compiled_model = random_lm(mem_len=6, bi_data=True, n_layer=N_LAYER).train()  # the same seed: the same weights
-    compiled_model.config.implementation = "fast"
+    eager = to_fast(random_lm(mem_len=6, bi_data=True, n_layer=N_LAYER).train())  # dropout 0
+    # the same seed: the same weights
+    compiled_model = to_fast(random_lm(mem_len=6, bi_data=True, n_layer=N_LAYER).train())
     kw, mems, targets, weights = step_inputs(batch=4, token_types=True)
     loss_eager, _ = train_step(eager, kw, mems, targets, weights)
     loss_eager.backward()

@@ -1,4 +1,4 @@
-"""The fast path's dropout (xlnet_ref/dropout.py): 15 random bits per element, two elements per draw.
+"""The fast path's dropout (xlnet_ref/fast/dropout.py): 15 random bits per element, two elements per draw.
 
 Checked against what nn.Dropout promises: each element dropped independently with probability p (here
 p rounded to a multiple of 2^-15), kept elements scaled so that the expectation is x."""
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from xlnet_ref.dropout import drop_threshold, fast_dropout, keep_mask, keep_scale, residual_dropout
+from xlnet_ref.fast.dropout import drop_threshold, fast_dropout, keep_mask, keep_scale, residual_dropout
 
 N = 400_000
 

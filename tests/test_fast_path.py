@@ -1,9 +1,10 @@
-"""The fast path (config.implementation = "fast") gives the readable path's numbers: outputs, memories,
-loss and gradients to float32 round-off, for every configuration switch that changes the attention,
-and it still matches transformers. The two models share their weights exactly (a deep copy).
-Long calls are attended in blocks of query rows (attention.QUERY_BLOCK); the same tests run with
-blocks of 2 rows. In training, softmax, dropout and the sum over values are one autograd Function
-(attention.ProbsDropoutValues) that keeps 5 bytes per score: checked with gradcheck and by counting."""
+"""The fast path (xlnet_ref.fast) gives the readable path's numbers: outputs, memories, loss and
+gradients to float32 round-off, for every configuration switch that changes the attention, and it still
+matches transformers. The two models share their weights exactly (a deep copy, switched to the fast
+classes). Long calls are attended in blocks of query rows (fast.attention.QUERY_BLOCK); the same tests
+run with blocks of 2 rows. In training, softmax, dropout and the sum over values are one autograd
+Function (fast.attention.ProbsDropoutValues) that keeps 5 bytes per score: checked with gradcheck and by
+counting."""
 
 from __future__ import annotations
 
@@ -14,24 +15,23 @@ import torch
 
 from helpers import SMALL, random_inputs, random_lm, rel_err
 from test_parity import CASES, hf_forward
-from xlnet_ref.attention import QUERY_BLOCK, ProbsDropoutValues, RelativeAttention
+from xlnet_ref import XLNetLMHeadModel
+from xlnet_ref import fast as fast_path
+from xlnet_ref.fast.attention import QUERY_BLOCK, ProbsDropoutValues
 from xlnet_ref.interop import mems_from_hf, to_hf
 from xlnet_ref.permutation import plm_loss
 
 
 def fast_twin(model):
     """The same weights, run on the fast path."""
-    twin = copy.deepcopy(model)
-    twin.config.implementation = "fast"  # the LM head and the backbone share one config object
-    assert twin.transformer.config.implementation == "fast"
+    twin = fast_path.to_fast(copy.deepcopy(model))
+    assert type(twin) is fast_path.XLNetLMHeadModel and type(twin.transformer) is fast_path.XLNetModel
     return twin
 
 
 def in_query_blocks(model, rows):
-    """The model with every attention on the fast path taken ``rows`` query rows at a time (None: all at once)."""
-    for module in model.modules():
-        if isinstance(module, RelativeAttention):
-            module.query_block = rows
+    """The model's attention on the fast path taken ``rows`` query rows at a time (None: all at once)."""
+    model.transformer.query_block = rows
     return model
 
 
@@ -264,14 +264,23 @@ def test_fast_path_falls_back_when_attentions_are_asked_for():
     assert len(out.attentions) == SMALL["n_layer"] and out.attentions[0][0].shape == (2, SMALL["n_head"], 5, 5)
 
 
-def test_implementation_is_checked_and_not_saved():
+def test_the_fast_classes_have_the_readable_parameters_and_switch_both_ways():
+    """The switch is the class: the same parameter names, shapes and tensors, so that a state dict or a
+    checkpoint moves between the two; to_fast / to_readable switch a model in place."""
     from xlnet_ref import XLNetConfig
 
-    with pytest.raises(ValueError, match="implementation"):
-        XLNetConfig(**SMALL, implementation="quick")
-    cfg = XLNetConfig(**SMALL, implementation="fast")
-    assert "implementation" not in cfg.to_dict()
-    assert cfg == XLNetConfig(**SMALL)  # how it runs is not what it is
+    torch.manual_seed(0)
+    ours = fast_path.XLNetLMHeadModel(XLNetConfig(**SMALL))
+    torch.manual_seed(0)
+    plain = XLNetLMHeadModel(XLNetConfig(**SMALL))
+    assert list(ours.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), plain.state_dict().values()))
+    assert ours.lm_loss.weight is ours.transformer.word_embedding.weight  # still tied
+    tensors = [p.data_ptr() for p in plain.parameters()]
+    assert fast_path.to_readable(fast_path.to_fast(plain)) is plain and type(plain) is XLNetLMHeadModel
+    assert [p.data_ptr() for p in plain.parameters()] == tensors
+    with pytest.raises(TypeError, match="model: expected an xlnet_ref XLNetModel or XLNetLMHeadModel"):
+        fast_path.to_fast(torch.nn.Linear(2, 2))
 
 
 def test_fast_path_with_dropout_equals_readable_in_eval_mode_and_differs_in_train_mode():
@@ -305,8 +314,8 @@ def test_skipping_the_last_content_stream_keeps_logits_mems_and_gradients():
 
 
 def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_distribution():
-    from xlnet_ref.dropout import keep_mask, residual_dropout
-    from xlnet_ref.feed_forward import feed_forward_fast
+    from xlnet_ref.fast.dropout import keep_mask, residual_dropout
+    from xlnet_ref.fast.feed_forward import feed_forward
 
     torch.manual_seed(0)
     y = residual_dropout(torch.full((200_000,), 2.0), torch.ones(200_000), 0.3, True)  # 2 + dropout(1)
@@ -324,7 +333,7 @@ def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_d
         draws = torch.stack([torch.addmm(ff.layer_2.bias, (inner * keep_mask(inner, 0.3, True)).flatten(0, -2),
                                          ff.layer_2.weight.t(), alpha=1 / 0.7) for _ in range(3000)]).mean(0)
         assert rel_err(draws.view_as(plain), plain) < 0.05
-        assert feed_forward_fast(ff, x).shape == x.shape
+        assert feed_forward(ff, x).shape == x.shape
 
 
 def test_tied_embedding_gradient_is_dense_and_equal_without_the_logits():
@@ -345,19 +354,19 @@ def test_tied_embedding_gradient_is_dense_and_equal_without_the_logits():
     assert rel_err(grad_fast, readable.transformer.word_embedding.weight.grad) <= 1e-5
     assert not fast.transformer.word_embedding.sparse  # at rest a dense embedding (DDP inspects the flag)
     # the lookup the fast path makes really has a sparse gradient (this test would pass without it otherwise)
-    (lookup_grad,) = torch.autograd.grad(fast.transformer.embed_words(kw["input_ids"], fast=True).sum(),
+    (lookup_grad,) = torch.autograd.grad(fast.transformer.embed_words(kw["input_ids"]).sum(),
                                          fast.transformer.word_embedding.weight)
     assert lookup_grad.is_sparse
 
 
 def test_tied_gradients_are_added_in_place(monkeypatch):
     """The tied [V, m] matrix gets the LM head's dense gradient and the word lookup's sparse one. On the
-    fast path (model.TiedHead, model.LateAlias) autograd adds them in place: no [V, m] copy or out-of-place
+    fast path (fast.model.TiedHead, fast.model.LateAlias) autograd adds them in place: no [V, m] copy or out-of-place
     add in the backward pass, and the gradient equals the readable path's. With nn.Linear's head and no
     alias the copy shows (the check can fail)."""
     from torch.profiler import profile
 
-    from xlnet_ref import model as model_module
+    from xlnet_ref.fast import model as model_module
 
     readable = random_lm(mem_len=6).train()
     kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=8, perm=True, num_predict=3)

@@ -4,13 +4,11 @@ One file per mechanism:
     config.py            the configuration dataclass (transformers' field names)
     relative_position.py sinusoid table R, relative distances, rel_shift (Transformer-XL Sec. 3.3)
     attention.py         the four relative attention terms + segment term, masking, softmax, post-LN
-                         (and attend_fast: the same equation in fewer passes, what training runs)
     segments.py          relative segment encoding (XLNet Sec. 2.5)
     masks.py             causal / data / permutation masks for both streams
     two_stream.py        content stream h and query stream g (XLNet Sec. 2.3)
     memory.py            segment-level recurrence memory (Transformer-XL Sec. 3.2)
     feed_forward.py      position-wise feed-forward, GELU variants
-    dropout.py           the fast path's dropout (two elements per random draw)
     model.py             the backbone and the LM head
     permutation.py       the permutation LM objective: orders, masks, partial prediction (XLNet Sec. 2.2-2.3)
     pretraining_data.py  span targets and [reuse | A SEP B SEP CLS] examples (original data_utils.py)
@@ -19,6 +17,8 @@ One file per mechanism:
     heads.py             task heads: sequence summary, classification, multiple choice, question answering
 
 Machinery around the model, in subpackages named for their job:
+    fast/                the same equations in fewer passes, what training runs (same parameters;
+                         imports the readable modules above, never imported by them)
     training/            corpus, tokenizers, the pretraining loop, checkpoints, the demo, synthetic tasks
     validation/          golden cases, stage-by-stage comparison, mutants (known bugs)
     drawing/             figures for the notebooks and the demo

@@ -8,14 +8,9 @@ construction and names the field, what was expected and what came.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ATTN_TYPES = ("bi", "uni")
-# "readable": every attention term spelled out as in the papers (the default; notebooks use it).
-# "fast": the same numbers with fewer passes over the [b, n, i, j] scores (see attention.py,
-# RelativeAttention.attend_fast); what training uses. Not a property of the weights: it is left out
-# of to_dict() (checkpoints, transformers' config) and of config equality.
-IMPLEMENTATIONS = ("readable", "fast")
 # "gelu" is the exact erf GELU (transformers' default); "gelu_new" is the tanh approximation that
 # the original TensorFlow code uses. They differ by at most ~4.7e-4.
 FF_ACTIVATIONS = ("gelu", "gelu_new", "relu")
@@ -43,7 +38,6 @@ class XLNetConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
-    implementation: str = field(default="readable", compare=False)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "d_inner"):
@@ -70,10 +64,6 @@ class XLNetConfig:
             raise ValueError(f"XLNetConfig.dropout: expected a float in [0, 1), got {self.dropout!r}")
         if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
             raise ValueError(f"XLNetConfig.layer_norm_eps: expected a float > 0, got {self.layer_norm_eps!r}")
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"XLNetConfig.implementation: expected one of {IMPLEMENTATIONS}, got {self.implementation!r}"
-            )
         for name in ("untie_r", "bi_data", "same_length"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"XLNetConfig.{name}: expected a bool, got {getattr(self, name)!r}")
@@ -83,10 +73,8 @@ class XLNetConfig:
         return self.d_model // self.n_head
 
     def to_dict(self) -> dict:
-        """Every field that defines the model (``implementation`` is how it runs, not what it is)."""
-        d = dataclasses.asdict(self)
-        d.pop("implementation")
-        return d
+        """Every field, as saved in checkpoints and moved to transformers' config."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "XLNetConfig":

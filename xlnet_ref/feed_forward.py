@@ -13,8 +13,6 @@ import math
 import torch
 from torch import nn
 
-from .dropout import keep_mask, keep_scale, residual_dropout
-
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     r"""Exact GELU, :math:`x \Phi(x)` with the Gauss error function — transformers' ``"gelu"``."""
@@ -45,17 +43,3 @@ class PositionwiseFF(nn.Module):
         out = self.dropout(self.activation(self.layer_1(x)))
         out = self.dropout(self.layer_2(out))
         return self.layer_norm(x + out)
-
-
-def feed_forward_fast(ff: PositionwiseFF, x: torch.Tensor) -> torch.Tensor:
-    """:class:`PositionwiseFF` on the fast path: the same weights and equation; the inner dropout's
-    1 / (1 - p) is applied inside the second matmul (addmm's alpha), the outer one with the residual."""
-    p = ff.dropout.p
-    inner = ff.activation(ff.layer_1(x))  # [b, i, d_inner]
-    keep = keep_mask(inner, p, ff.training)
-    if keep is None:
-        out = ff.layer_2(inner)
-    else:
-        flat = (inner * keep).flatten(0, -2)
-        out = torch.addmm(ff.layer_2.bias, flat, ff.layer_2.weight.t(), alpha=keep_scale(p)).view(*x.shape[:-1], -1)
-    return ff.layer_norm(residual_dropout(x, out, p, ff.training))

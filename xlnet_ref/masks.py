@@ -10,11 +10,6 @@ Keys j run over [memory | current segment] (klen = mlen + qlen); memory columns 
   diagonal (i, mlen + i) cleared.
 
 With 'bi' attention and no data mask both are None: everybody sees everybody.
-
-The fast path (``XLNetConfig.implementation == "fast"``) turns each mask once per forward pass into an
-additive one (:func:`additive_mask`: 0 where visible, -1e30 where hidden) that every layer adds to its
-scores: on a CPU, adding a float tensor is about ten times cheaper than ``masked_fill`` with a
-broadcast bool mask.
 """
 
 from __future__ import annotations
@@ -25,15 +20,6 @@ import torch
 def mask_value(dtype: torch.dtype) -> float:
     """Masked scores are set to minus this: 1e30, or 65500 where float16 cannot hold 1e30."""
     return 65500.0 if dtype == torch.float16 else 1e30
-
-
-def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """[b or 1, i, j] bool (True = hidden)  ->  the same shape in ``dtype``: 0 where visible, -1e30 where
-    hidden (-65500 in float16). Added to a score s, it gives exactly -1e30 wherever |s| is below 1e30's
-    rounding step (~7.6e22), which is what setting the score gives (attention.py)."""
-    if mask is None:
-        return None
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, -mask_value(dtype))
 
 
 def causal_mask(qlen: int, mlen: int, *, same_length: bool, device=None) -> torch.Tensor:

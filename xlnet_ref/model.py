@@ -25,26 +25,24 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .attention import RelativeAttention
 from .checks import check_inputs
 from .config import XLNetConfig
-from .dropout import fast_dropout
-from .feed_forward import PositionwiseFF, feed_forward_fast
-from .masks import additive_mask, attention_masks
+from .feed_forward import PositionwiseFF
+from .masks import attention_masks
 from .memory import cache_mem
 from .relative_position import relative_positional_encoding
 from .segments import segment_difference
-from .two_stream import target_positions, two_stream_attention, two_stream_attention_fast
+from .two_stream import target_positions, two_stream_attention
 
 
 @dataclass
 class XLNetOutput:
     """What a forward pass returns. Axis letters: b batch, i position, k prediction target, m model width."""
 
-    content: torch.Tensor | None  # [b, i, m] content stream h after the last layer (and dropout); None if
-    # forward(content_output=False) skipped it
+    content: torch.Tensor | None  # [b, i, m] content stream h after the last layer (and dropout); None
+    # only where a caller asked not to compute it (xlnet_ref.fast, content_output=False)
     query: torch.Tensor | None  # [b, k, m] query stream g, when target_mapping was given
     mems: list[torch.Tensor] | None  # n_layer tensors [b, mlen, m]; None when mem_len is 0/None
     attentions: list | None = None  # per layer: prob_h [b, n, i, j], or (prob_h, prob_g [b, n, k, j])
@@ -65,12 +63,7 @@ class XLNetLayer(nn.Module):
         self.rel_attn = RelativeAttention(config)
         self.ff = PositionwiseFF(config)
 
-    def forward(self, h, g, *, mem, k_r, trace=None, fast=False, skip_content=False, **attn_kwargs):
-        if fast:  # same numbers, fewer passes; no probabilities, no trace (see attention.py)
-            h, g = two_stream_attention_fast(self.rel_attn, h, g, mem, k_r, skip_content=skip_content, **attn_kwargs)
-            h = feed_forward_fast(self.ff, h) if h is not None else None
-            g = feed_forward_fast(self.ff, g) if g is not None else None
-            return h, g, None, None
+    def forward(self, h, g, *, mem, k_r, trace=None, **attn_kwargs):
         h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
         h = self.ff(h)
         g = self.ff(g) if g is not None else None
@@ -96,7 +89,6 @@ class XLNetModel(nn.Module):
         self.r_s_bias = nn.Parameter(torch.empty(bias_shape))  # b  (segment term)
         self.layer = nn.ModuleList([XLNetLayer(config) for _ in range(config.n_layer)])
         self.dropout = nn.Dropout(config.dropout)
-        self.tied_head = False  # set by XLNetLMHeadModel: its output matrix is word_embedding.weight
         self.reset_parameters()
 
     def reset_parameters(self, std: float | None = None):
@@ -109,21 +101,6 @@ class XLNetModel(nn.Module):
                 nn.init.zeros_(p)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
-
-    def embed_words(self, input_ids: torch.Tensor, *, fast: bool) -> torch.Tensor:
-        """E[x]: [b, i] -> [b, i, m]. On the fast path, eager on a CPU, with E tied to an LM head: the
-        lookup's gradient is kept sparse (b*i rows) and added into the head's dense gradient of the same
-        matrix, instead of filling a dense [V, m] matrix with zeros for b*i rows and then adding two dense
-        [V, m] matrices (~4% of the benchmark's training step at V = 32000; benchmarks/RESULTS.md), in
-        place (XLNetLMHeadModel's LateAlias and TiedHead)."""
-        emb = self.word_embedding
-        # nn.Embedding reads its ``sparse`` flag on every call (only the gradient's layout depends on it).
-        # Set for this call only and looked up through the module, so that hooks on word_embedding see every
-        # lookup; at rest it is an ordinary dense embedding (what DistributedDataParallel inspects when it wraps)
-        emb.sparse = fast and self.tied_head and emb.weight.device.type == "cpu" and not torch.compiler.is_compiling()
-        out = emb(input_ids)
-        emb.sparse = False
-        return out
 
     def layer_biases(self, layer: int) -> dict[str, torch.Tensor]:
         """u, v and the segment bias for one layer: its own row (untie_r) or the shared set."""
@@ -143,15 +120,12 @@ class XLNetModel(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         trace: dict | None = None,
-        content_output: bool = True,
     ) -> XLNetOutput:
         """input_ids [b, i]; token_type_ids [b, i]; attention_mask [b, i] (1 = real token) or input_mask
         [b, i] (1 = padding); perm_mask [b, i, j] (1 = i may NOT attend to j); target_mapping [b, k, j]
         (one-hot rows: the k-th prediction is at position j; zero rows = padding targets); mems: n_layer
         tensors [b, mlen, m] in the model's dtype, on its device. trace: a dict to fill with every
-        intermediate stage (validate.py). content_output False (with target_mapping, on the fast path):
-        the last layer's content stream, which neither the logits nor the memories use, is not computed
-        and ``content`` is None — what the PLM loss needs, about a quarter of one layer less work.
+        intermediate stage (validate.py).
 
         input_ids must be torch.long (or int32). Every tensor must be on the model's device.
 
@@ -160,22 +134,18 @@ class XLNetModel(nn.Module):
         gives wrong outputs. Convert transformers' mems with ``xlnet_ref.interop.mems_from_hf``
         (and back with ``mems_to_hf``), never by hand."""
         cfg = self.config
-        # the fast path (config.implementation) where nothing asks for the readable path's intermediates
-        fast = cfg.implementation == "fast" and trace is None and not output_attentions
-        drop = (lambda x: fast_dropout(x, self.dropout.p, self.training)) if fast else self.dropout
-        if not torch.compiler.is_compiling():  # the value checks read tensors: torch.compile skips them
-            check_inputs(
-                cfg,
-                input_ids=input_ids,
-                token_type_ids=token_type_ids,
-                attention_mask=attention_mask,
-                input_mask=input_mask,
-                perm_mask=perm_mask,
-                target_mapping=target_mapping,
-                mems=mems,
-                dtype=self.word_embedding.weight.dtype,
-                device=self.word_embedding.weight.device,
-            )
+        check_inputs(
+            cfg,
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            input_mask=input_mask,
+            perm_mask=perm_mask,
+            target_mapping=target_mapping,
+            mems=mems,
+            dtype=self.word_embedding.weight.dtype,
+            device=self.word_embedding.weight.device,
+        )
         b, qlen = input_ids.shape
         mlen = mems[0].shape[1] if mems is not None else 0
         klen = mlen + qlen
@@ -192,22 +162,20 @@ class XLNetModel(nn.Module):
             perm_mask=None if perm_mask is None else perm_mask.bool(),
             device=device,
         )
-        if fast:  # once for all layers: the fast path adds the masks to the scores (masks.additive_mask)
-            attn_mask, non_tgt_mask = additive_mask(attn_mask, dtype), additive_mask(non_tgt_mask, dtype)
         seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
 
-        h = drop(self.embed_words(input_ids, fast=fast))  # h^(0): [b, i, m]
+        h = self.dropout(self.word_embedding(input_ids))  # h^(0) = E[x]: [b, i, m]
         g = target_pos = target_valid = None
         if target_mapping is not None:
             target_pos, target_valid = target_positions(target_mapping)
-            g = drop(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
+            g = self.dropout(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
 
         # R in float32 as both reference codes compute it, then in the model's dtype
         pos_emb = relative_positional_encoding(
             qlen, klen, d_model=cfg.d_model, attn_type=cfg.attn_type, bi_data=cfg.bi_data,
             clamp_len=cfg.clamp_len, device=device,
         ).to(dtype)  # [p, r, m]
-        pos_emb = drop(pos_emb)
+        pos_emb = self.dropout(pos_emb)
 
         if trace is not None:
             trace.update(word_emb=h, pos_emb=pos_emb, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask,
@@ -224,12 +192,9 @@ class XLNetModel(nn.Module):
             layer_trace = {} if trace is not None else None
             # W_{k,R} R is the same for every batch row of a half: project it once per layer
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
-            skip_content = (fast and not content_output and g is not None and hidden_states is None
-                            and layer_index == cfg.n_layer - 1)
             h, g, prob_h, prob_g = layer(
                 h, g, mem=mem, k_r=k_r, trace=layer_trace, seg_diff=seg_diff, attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid, fast=fast,
-                skip_content=skip_content,
+                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid,
                 **self.layer_biases(layer_index),
             )
             if trace is not None:
@@ -242,54 +207,10 @@ class XLNetModel(nn.Module):
         if hidden_states is not None:
             hidden_states.append(h if g is None else (h, g))
 
-        content = drop(h) if h is not None else None
-        query = drop(g) if g is not None else None
+        content = self.dropout(h)
+        query = self.dropout(g) if g is not None else None
         return XLNetOutput(content=content, query=query, mems=new_mems, attentions=attentions,
                            hidden_states=hidden_states)
-
-
-class TiedHead(torch.autograd.Function):
-    """logits = h W^T + bias for h [N, m] and the tied W [V, m]: nn.Linear's numbers, with W's gradient
-    made as a fresh [V, m] tensor (grad^T h) where nn.Linear's is a transposed view. See LateAlias."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(h, weight)
-        return torch.addmm(bias, h, weight.t())
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        h, weight = ctx.saved_tensors
-        # under autocast the forward's matmul ran in bfloat16 and its gradient comes in that dtype: the
-        # backward's matmuls run in it too, as nn.Linear's do (autograd casts each gradient to its input's dtype)
-        h, weight = h.to(grad.dtype), weight.to(grad.dtype)
-        return grad.mm(weight), grad.t().mm(h), grad.sum(0)  # dh, dW [V, m] (not a view), dbias
-
-
-class LateAlias(torch.autograd.Function):
-    """W itself, for the LM head, through a node of its own recorded before the word lookup.
-
-    The tied matrix gets two gradients in one backward pass: the head's, dense, and the lookup's, sparse
-    on the fast path (XLNetModel.embed_words). Autograd adds them in place only when the sparse one comes
-    first and the dense one is a tensor of its own (torch/csrc/autograd/input_buffer.cpp); otherwise it
-    allocates and copies the whole [V, m] matrix (~12 ms of the benchmark's step). The head's backward
-    runs before the lookup's, because it was recorded later; its gradient then waits in this node, which
-    was recorded first and so runs last. Fast path only, as TiedHead."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
-        return weight.view_as(weight)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-def densify_grad(param: torch.Tensor) -> None:
-    """A sparse gradient made dense (see XLNetLMHeadModel.keep_tied_gradient_dense)."""
-    if param.grad is not None and param.grad.is_sparse:
-        param.grad = param.grad.to_dense()
 
 
 class XLNetLMHeadModel(nn.Module):
@@ -301,29 +222,11 @@ class XLNetLMHeadModel(nn.Module):
         self.transformer = XLNetModel(config)
         self.lm_loss = nn.Linear(config.d_model, config.vocab_size)  # transformers' name for the LM head
         self.lm_loss.weight = self.transformer.word_embedding.weight  # tied
-        self.transformer.tied_head = True
         nn.init.zeros_(self.lm_loss.bias)
 
     def forward(self, input_ids: torch.Tensor, **kwargs) -> XLNetOutput:
         """Same arguments as :meth:`XLNetModel.forward`; adds ``logits`` over the query stream's targets
         ([b, k, V]) when target_mapping is given, else over every position ([b, i, V])."""
-        if not torch.compiler.is_compiling():  # compiled, the lookup's gradient is dense anyway
-            self.keep_tied_gradient_dense()
-        fast = self.config.implementation == "fast" and not torch.compiler.is_compiling()
-        weight = LateAlias.apply(self.lm_loss.weight) if fast else None  # before the lookup (see LateAlias)
         out = self.transformer(input_ids, **kwargs)
-        h = out.last_hidden_state
-        if fast:
-            out.logits = TiedHead.apply(h.reshape(-1, h.shape[-1]), weight, self.lm_loss.bias).view(*h.shape[:-1], -1)
-        else:
-            out.logits = self.lm_loss(h)
+        out.logits = self.lm_loss(out.last_hidden_state)
         return out
-
-    def keep_tied_gradient_dense(self) -> None:
-        """On the fast path the lookup's gradient is sparse and is summed into the head's dense one
-        (XLNetModel.embed_words). A backward pass that never reaches the logits would leave it sparse: a
-        hook makes it dense, as optimizers and clipping expect. Registered on the first call rather than in
-        __init__, because copy.deepcopy and pickling do not carry a tensor's hooks over."""
-        weight = self.lm_loss.weight
-        if densify_grad not in (getattr(weight, "_post_accumulate_grad_hooks", None) or {}).values():
-            weight.register_post_accumulate_grad_hook(densify_grad)

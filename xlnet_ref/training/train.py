@@ -54,6 +54,7 @@ from . import run_folder
 from .interrupt import StopRequests, TrainingInterrupted
 from ..config import XLNetConfig, check_int_fields, dataclass_from_dict
 from .corpus import load_corpus, split_corpus
+from .. import fast
 from ..model import XLNetLMHeadModel
 from ..permutation import plm_loss
 from ..pretraining_data import PLMBatch, plm_batches
@@ -95,10 +96,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda, then mps, then cpu
     bf16: bool = True  # bf16 autocast, used on CUDA only
-    # speed only (the same equations; tests/test_fast_path.py): the model's attention path
-    # (XLNetConfig.implementation) and torch.compile. Training uses the fast path (fused AdamW too), about
-    # 1.9x transformers' step on 2 CPU cores (benchmarks/RESULTS.md). The experiments in xlnet_ref/experiments
-    # and the notebooks pin "readable", the path they teach, with which results/ was recorded.
+    # speed only (the same equations; tests/test_fast_path.py): the model class (xlnet_ref.fast or the
+    # readable xlnet_ref) and torch.compile. Training uses the fast path (fused AdamW too; benchmarks/RESULTS.md
+    # has its speed against transformers). The experiments in xlnet_ref/experiments and the notebooks pin
+    # "readable", the path they teach, with which results/ was recorded.
     implementation: str = "fast"
     compile: bool = False
 
@@ -372,12 +373,21 @@ def left_to_right_batch(batch: PLMBatch, *, sep_id: int, cls_id: int, has_memory
                     order=arange, is_target=weights.bool())
 
 
+def build_model(config: TrainConfig) -> XLNetLMHeadModel:
+    """The LM for ``config.implementation``: xlnet_ref's readable classes or xlnet_ref.fast's (the same
+    parameters and state-dict names, so checkpoints move between the two)."""
+    return (fast.XLNetLMHeadModel if config.implementation == "fast" else XLNetLMHeadModel)(config.model)
+
+
 def forward_loss(model: XLNetLMHeadModel, batch: PLMBatch, mems, *, use_bf16: bool):
     """(loss, new mems) for one batch on the model's device."""
     device = next(model.parameters()).device
+    # the fast path can skip the last layer's content stream: the loss needs only g
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper, then DistributedDataParallel's
+    skip = {"content_output": False} if isinstance(getattr(inner, "module", inner), fast.XLNetLMHeadModel) else {}
     with autocast(device, use_bf16):
         out = model(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                    target_mapping=batch.target_mapping, mems=mems, content_output=False)  # the loss needs only g
+                    target_mapping=batch.target_mapping, mems=mems, **skip)
     return plm_loss(out.logits, batch.target_ids, batch.target_weights), out.mems  # logits [b, k, V]
 
 
@@ -600,7 +610,7 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
                                    "was trained on (sha256 mismatch); an exact resume needs the same corpus")
 
     torch.manual_seed(config.seed)  # initial weights and dropout
-    model = XLNetLMHeadModel(dataclasses.replace(config.model, implementation=config.implementation)).to(device)
+    model = build_model(config).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     data_generator = torch.Generator().manual_seed(config.seed + 1)

@@ -1,4 +1,4 @@
-r"""Dropout on the fast path (``XLNetConfig.implementation == "fast"``).
+r"""Dropout on the fast path (xlnet_ref.fast).
 
 The readable path uses ``nn.Dropout``. On a CPU, drawing the random numbers is the costliest part of
 dropout (about a sixth of a training step at dropout 0.1): torch's generator makes one 32-bit draw per
