@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit notebooks labs-check demo lab bench golden validate clean
+.PHONY: setup lint check test unit notebooks labs-check demo lab bench golden validate clean
 
 # Reinstall only when the requirements or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -14,6 +14,14 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# ruff's lint and its formatter, configured in pyproject.toml
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# the edit loop: lint + the unit tests (no notebooks, no labs); about a minute on 2 cores
+check: lint unit
 
 unit: setup
 	$(PY) -m pytest -q tests
@@ -30,7 +38,7 @@ notebooks: setup
 labs-check: setup
 	$(PY) tests/labs/check_labs.py
 
-test: unit notebooks labs-check
+test: lint unit notebooks labs-check
 
 demo: setup
 	$(PY) -m xlnet_ref.demo

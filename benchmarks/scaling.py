@@ -50,11 +50,19 @@ def parse_args(argv=None):
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--d-inner", type=int, default=512)
     p.add_argument("--vocab-size", type=int, default=1000)
-    p.add_argument("--reps", type=int, default=5,
-                   help="timed repetitions per mode; the fastest is reported (other processes only ever add time)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in each subprocess (default 1: on a shared 2-core machine two threads per "
-                        "process made single calls vary 10-40x; 0 = torch's default)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=5,
+        help="timed repetitions per mode; the fastest is reported (other processes only ever add time)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in each subprocess (default 1: on a shared 2-core machine two threads per "
+        "process made single calls vary 10-40x; 0 = torch's default)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(HERE / "scaling_results.json"))
     p.add_argument("--figure", default=str(HERE.parent / "figures" / "scaling.png"))
@@ -99,18 +107,31 @@ def measure(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    cfg = XLNetConfig(vocab_size=spec["vocab_size"], d_model=spec["d_model"], n_layer=spec["n_layer"],
-                      n_head=spec["n_head"], d_inner=spec["d_inner"], mem_len=spec["mem_len"] or None, dropout=0.1)
+    cfg = XLNetConfig(
+        vocab_size=spec["vocab_size"],
+        d_model=spec["d_model"],
+        n_layer=spec["n_layer"],
+        n_head=spec["n_head"],
+        d_inner=spec["d_inner"],
+        mem_len=spec["mem_len"] or None,
+        dropout=0.1,
+    )
     ours = XLNetLMHeadModel(cfg)  # the fast path (the same parameters as the readable class)
     is_hf = spec["impl"] == "transformers"
     model = (to_hf(ours) if is_hf else ours).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **({} if is_hf else {"fused": True}))
-    batch_args = argparse.Namespace(batch=spec["batch"], seq_len=spec["seq_len"], num_predict=max(1, spec["seq_len"] // 6),
-                                    vocab_size=spec["vocab_size"])
+    batch_args = argparse.Namespace(
+        batch=spec["batch"],
+        seq_len=spec["seq_len"],
+        num_predict=max(1, spec["seq_len"] // 6),
+        vocab_size=spec["vocab_size"],
+    )
     batch, labels = make_batch(batch_args, device, torch.Generator().manual_seed(0))
     mems = None
     if spec["mem_len"]:
-        mems = [torch.randn(spec["batch"], spec["mem_len"], spec["d_model"], device=device) for _ in range(spec["n_layer"])]
+        mems = [
+            torch.randn(spec["batch"], spec["mem_len"], spec["d_model"], device=device) for _ in range(spec["n_layer"])
+        ]
         mems = mems_to_hf(mems) if is_hf else mems
 
     def peak_now():
@@ -132,7 +153,7 @@ def measure(spec: dict) -> dict:
     forward()  # warm-up
     base = base_now()
     times = []
-    for rep in range(spec["reps"]):
+    for _ in range(spec["reps"]):
         sync(device)
         t0 = time.perf_counter()
         forward()
@@ -145,7 +166,7 @@ def measure(spec: dict) -> dict:
     step_fn(model, opt, batch, labels, mems, is_hf=is_hf, autocast=False)  # warm-up (creates AdamW's state)
     base = base_now()
     times = []
-    for rep in range(spec["reps"]):
+    for _ in range(spec["reps"]):
         sync(device)
         t0 = time.perf_counter()
         step_fn(model, opt, batch, labels, mems, is_hf=is_hf, autocast=False)
@@ -159,8 +180,12 @@ def measure(spec: dict) -> dict:
 # -------------------------------------------------------------------------------------------- driver
 def child(spec: dict, malloc_env: dict) -> dict:
     """One measurement in a fresh Python process (see measure)."""
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONWARNINGS="ignore", **malloc_env))
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", **malloc_env),
+    )
     if done.returncode != 0:
         raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -171,16 +196,33 @@ def run_all(args) -> list[dict]:
     for seq_len in args.seq_lens:
         for mem_len in (0, seq_len):
             for impl in ("xlnet_ref", "transformers"):
-                spec = dict(impl=impl, seq_len=seq_len, mem_len=mem_len, batch=args.batch, d_model=args.d_model,
-                            n_layer=args.n_layer, n_head=args.n_head, d_inner=args.d_inner,
-                            vocab_size=args.vocab_size, reps=args.reps, threads=args.threads, device=args.device)
+                spec = dict(
+                    impl=impl,
+                    seq_len=seq_len,
+                    mem_len=mem_len,
+                    batch=args.batch,
+                    d_model=args.d_model,
+                    n_layer=args.n_layer,
+                    n_head=args.n_head,
+                    d_inner=args.d_inner,
+                    vocab_size=args.vocab_size,
+                    reps=args.reps,
+                    threads=args.threads,
+                    device=args.device,
+                )
                 timed = child(spec, malloc_env={})  # times: the allocator as users run it
                 measured = child(spec, malloc_env=MALLOC_ENV) if args.device == "cpu" else timed  # peaks
-                row = {**spec, **{k: v for k, v in timed.items() if k.endswith("_ms")},
-                       **{k: v for k, v in measured.items() if k.endswith("_mib")}}
-                print(f"{impl:12s} seq {seq_len:5d} mem {mem_len:5d}: forward {row['forward_ms']:9.1f} ms "
-                      f"{row['forward_peak_mib']:8.1f} MiB | train {row['train_ms']:9.1f} ms "
-                      f"{row['train_peak_mib']:8.1f} MiB", flush=True)
+                row = {
+                    **spec,
+                    **{k: v for k, v in timed.items() if k.endswith("_ms")},
+                    **{k: v for k, v in measured.items() if k.endswith("_mib")},
+                }
+                print(
+                    f"{impl:12s} seq {seq_len:5d} mem {mem_len:5d}: forward {row['forward_ms']:9.1f} ms "
+                    f"{row['forward_peak_mib']:8.1f} MiB | train {row['train_ms']:9.1f} ms "
+                    f"{row['train_peak_mib']:8.1f} MiB",
+                    flush=True,
+                )
                 rows.append(row)
     return rows
 
@@ -191,21 +233,30 @@ def table(rows: list[dict]) -> str:
     because at the shortest the numbers are small (a few MiB, a few ms) and a ratio of them is noise."""
     by = {(r["impl"], r["seq_len"], r["mem_len"]): r for r in rows}
     seqs = sorted({r["seq_len"] for r in rows})
-    lines = ["| seq_len | mem | fwd ms ours | fwd ms HF | fwd MiB ours | fwd MiB HF | train ms ours | train ms HF "
-             "| train MiB ours | train MiB HF |", "|" + "---|" * 10]
+    lines = [
+        "| seq_len | mem | fwd ms ours | fwd ms HF | fwd MiB ours | fwd MiB HF | train ms ours | train ms HF "
+        "| train MiB ours | train MiB HF |",
+        "|" + "---|" * 10,
+    ]
     for s in seqs:
         for m in (0, s):
             a, b = by[("xlnet_ref", s, m)], by[("transformers", s, m)]
-            lines.append(f"| {s} | {m} | {a['forward_ms']:.1f} | {b['forward_ms']:.1f} | {a['forward_peak_mib']:.1f} | "
-                         f"{b['forward_peak_mib']:.1f} | {a['train_ms']:.1f} | {b['train_ms']:.1f} | "
-                         f"{a['train_peak_mib']:.1f} | {b['train_peak_mib']:.1f} |")
+            lines.append(
+                f"| {s} | {m} | {a['forward_ms']:.1f} | {b['forward_ms']:.1f} | {a['forward_peak_mib']:.1f} | "
+                f"{b['forward_peak_mib']:.1f} | {a['train_ms']:.1f} | {b['train_ms']:.1f} | "
+                f"{a['train_peak_mib']:.1f} | {b['train_peak_mib']:.1f} |"
+            )
     lo, hi = (seqs[-2], seqs[-1]) if len(seqs) > 1 else (seqs[0], seqs[0])
     lines.append("")
-    lines.append(f"Growth from seq_len {lo} to {hi}, read two ways: the ratio (value at {hi} / value at {lo}) and "
-                 f"what was added (value at {hi} - value at {lo}). Times get a 10% allowance for the noise between "
-                 "two subprocesses; memory gets none.")
+    lines.append(
+        f"Growth from seq_len {lo} to {hi}, read two ways: the ratio (value at {hi} / value at {lo}) and "
+        f"what was added (value at {hi} - value at {lo}). Times get a 10% allowance for the noise between "
+        "two subprocesses; memory gets none."
+    )
     lines.append("")
-    lines.append("| memory | quantity | ratio ours | ratio HF | ratio: ours <= HF | added ours | added HF | added: ours <= HF |")
+    lines.append(
+        "| memory | quantity | ratio ours | ratio HF | ratio: ours <= HF | added ours | added HF | added: ours <= HF |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|")
     for mem_name, mem_of in (("0", lambda s: 0), ("= seq_len", lambda s: s)):
         for key in ("forward_ms", "forward_peak_mib", "train_ms", "train_peak_mib"):
@@ -218,9 +269,11 @@ def table(rows: list[dict]) -> str:
             ok_ratio = ratio["xlnet_ref"] <= ratio["transformers"] * allowance
             ok_added = added["xlnet_ref"] <= added["transformers"] * allowance
             unit = "ms" if key.endswith("_ms") else "MiB"
-            lines.append(f"| {mem_name} | {key} | {ratio['xlnet_ref']:.2f}x | {ratio['transformers']:.2f}x | "
-                         f"{'yes' if ok_ratio else 'NO'} | {added['xlnet_ref']:.1f} {unit} | "
-                         f"{added['transformers']:.1f} {unit} | {'yes' if ok_added else 'NO'} |")
+            lines.append(
+                f"| {mem_name} | {key} | {ratio['xlnet_ref']:.2f}x | {ratio['transformers']:.2f}x | "
+                f"{'yes' if ok_ratio else 'NO'} | {added['xlnet_ref']:.1f} {unit} | "
+                f"{added['transformers']:.1f} {unit} | {'yes' if ok_added else 'NO'} |"
+            )
     return "\n".join(lines)
 
 
@@ -237,10 +290,22 @@ def plot(rows: list[dict], path: str) -> None:
             ax = axes[row_i, col]
             for impl, style in (("xlnet_ref", "-"), ("transformers", "--")):
                 for mem_name, color in (("0", "tab:blue"), ("= seq_len", "tab:orange")):
-                    ys = [next(r[key] for r in rows if r["impl"] == impl and r["seq_len"] == s
-                               and r["mem_len"] == (0 if mem_name == "0" else s)) for s in seqs]
-                    ax.plot(seqs, [max(y, 1e-3) for y in ys], style, marker="o", color=color,
-                            label=f"{impl}, memory {mem_name}")
+                    ys = [
+                        next(
+                            r[key]
+                            for r in rows
+                            if r["impl"] == impl and r["seq_len"] == s and r["mem_len"] == (0 if mem_name == "0" else s)
+                        )
+                        for s in seqs
+                    ]
+                    ax.plot(
+                        seqs,
+                        [max(y, 1e-3) for y in ys],
+                        style,
+                        marker="o",
+                        color=color,
+                        label=f"{impl}, memory {mem_name}",
+                    )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xticks(seqs, [str(s) for s in seqs])
@@ -262,8 +327,22 @@ def main(argv=None) -> int:
         print(json.dumps(measure(json.loads(args.child))))
         return 0
     rows = run_all(args)
-    settings = {k: getattr(args, k) for k in ("seq_lens", "batch", "d_model", "n_layer", "n_head", "d_inner",
-                                              "vocab_size", "reps", "threads", "device", "dry_run")}
+    settings = {
+        k: getattr(args, k)
+        for k in (
+            "seq_lens",
+            "batch",
+            "d_model",
+            "n_layer",
+            "n_head",
+            "d_inner",
+            "vocab_size",
+            "reps",
+            "threads",
+            "device",
+            "dry_run",
+        )
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     print()

@@ -111,8 +111,15 @@ def main():
     device = torch.device(args.device)
     autocast = args.dtype == "bf16"
     torch.manual_seed(0)
-    cfg = XLNetConfig(vocab_size=args.vocab_size, d_model=args.d_model, n_layer=args.n_layer, n_head=args.n_head,
-                      d_inner=args.d_inner, mem_len=args.mem_len, dropout=0.1)
+    cfg = XLNetConfig(
+        vocab_size=args.vocab_size,
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        d_inner=args.d_inner,
+        mem_len=args.mem_len,
+        dropout=0.1,
+    )
     ours = (fast.XLNetLMHeadModel if args.implementation == "fast" else XLNetLMHeadModel)(cfg).to(device).train()
     theirs = to_hf(ours).to(device).train()
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=args.adamw == "fused")
@@ -136,8 +143,10 @@ def main():
         step_fn(theirs, opt_theirs, batch, labels, mems_to_hf(mems), is_hf=True, autocast=autocast)
     t_ours, t_theirs = [], []
     for _ in range(args.pairs):
-        for model, opt, m, is_hf, times in ((ours, opt_ours, mems, False, t_ours),
-                                            (theirs, opt_theirs, mems_to_hf(mems), True, t_theirs)):
+        for model, opt, m, is_hf, times in (
+            (ours, opt_ours, mems, False, t_ours),
+            (theirs, opt_theirs, mems_to_hf(mems), True, t_theirs),
+        ):
             sync(device)
             t0 = time.perf_counter()
             step_fn(model, opt, batch, labels, m, is_hf=is_hf, autocast=autocast)
@@ -148,18 +157,28 @@ def main():
     # the best rate seen before and after the pairs: on a shared machine a single measurement can be low
     peak = max(peak_before, matmul_peak_gflops(device, torch.bfloat16 if autocast else torch.float32))
     med_ours, med_theirs = statistics.median(t_ours), statistics.median(t_theirs)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {dev_name}; torch {torch.__version__}; dtype {args.dtype}; ours: implementation "
-          f"{args.implementation}, AdamW {args.adamw}{', torch.compile' if args.compile else ''}; transformers: eager, AdamW foreach")
-    print(f"config: batch {args.batch}, seq_len {args.seq_len}, num_predict {args.num_predict}, d_model {args.d_model}, "
-          f"n_layer {args.n_layer}, n_head {args.n_head}, d_inner {args.d_inner}, mem_len {args.mem_len}, vocab {args.vocab_size}")
+    dev_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {dev_name}; torch {torch.__version__}; dtype {args.dtype}; ours: implementation "
+        f"{args.implementation}, AdamW {args.adamw}{', torch.compile' if args.compile else ''}; transformers: eager, AdamW foreach"
+    )
+    print(
+        f"config: batch {args.batch}, seq_len {args.seq_len}, num_predict {args.num_predict}, d_model {args.d_model}, "
+        f"n_layer {args.n_layer}, n_head {args.n_head}, d_inner {args.d_inner}, mem_len {args.mem_len}, vocab {args.vocab_size}"
+    )
     print(f"{'':14s}{'median step':>12s}{'tokens/s':>11s}{'GFLOP/step':>12s}{'GFLOP/s':>9s}{'of peak':>9s}")
     for name, med, fl in (("xlnet_ref", med_ours, flops_ours), ("transformers", med_theirs, flops_theirs)):
-        print(f"{name:14s}{med * 1e3:10.1f}ms{tokens / med:11.0f}{fl / 1e9:12.2f}{fl / med / 1e9:9.1f}"
-              f"{fl / med / 1e9 / peak:9.0%}")
+        print(
+            f"{name:14s}{med * 1e3:10.1f}ms{tokens / med:11.0f}{fl / 1e9:12.2f}{fl / med / 1e9:9.1f}"
+            f"{fl / med / 1e9 / peak:9.0%}"
+        )
     print(f"measured matmul peak ({'bf16' if autocast else 'fp32'}, 2048^3, best of 40 calls): {peak:.1f} GFLOP/s")
-    print(f"throughput ratio xlnet_ref / transformers (median of {args.pairs} interleaved pairs): "
-          f"{statistics.median(ratios):.2f}x  (min {min(ratios):.2f}, max {max(ratios):.2f})")
+    print(
+        f"throughput ratio xlnet_ref / transformers (median of {args.pairs} interleaved pairs): "
+        f"{statistics.median(ratios):.2f}x  (min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

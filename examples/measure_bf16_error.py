@@ -17,8 +17,16 @@ from xlnet_ref.validation.validate import compare_stage
 
 
 def to_bf16(case):
-    inputs = {k: ([m.to(torch.bfloat16).requires_grad_() for m in v] if k == "mems" else
-                  v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in case.inputs.items()}
+    inputs = {
+        k: (
+            [m.to(torch.bfloat16).requires_grad_() for m in v]
+            if k == "mems"
+            else v.to(torch.bfloat16)
+            if v.is_floating_point()
+            else v
+        )
+        for k, v in case.inputs.items()
+    }
     return replace(case, inputs=inputs)
 
 

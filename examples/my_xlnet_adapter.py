@@ -25,8 +25,22 @@ from transformers import XLNetConfig, XLNetLMHeadModel
 from xlnet_ref.validation.recorder import StageRecorder, gradient_stages
 
 # config fields transformers' XLNetConfig shares with case.config (case.config also has untie_r)
-FIELDS = ("vocab_size", "d_model", "n_layer", "n_head", "d_inner", "ff_activation", "attn_type", "bi_data",
-          "clamp_len", "same_length", "mem_len", "reuse_len", "dropout", "layer_norm_eps")
+FIELDS = (
+    "vocab_size",
+    "d_model",
+    "n_layer",
+    "n_head",
+    "d_inner",
+    "ff_activation",
+    "attn_type",
+    "bi_data",
+    "clamp_len",
+    "same_length",
+    "mem_len",
+    "reuse_len",
+    "dropout",
+    "layer_norm_eps",
+)
 
 
 def build_model(case) -> XLNetLMHeadModel:
@@ -68,8 +82,13 @@ def run(case) -> dict:
         stages.update({pre + "q_h": q_h, pre + "k_h": k_h, pre + "v_h": v_h, pre + "k_r": k_r})
         # rel_attn_core: (a)+(c), then (b)+(d) before the shift, both "ibnd,jbnd->bnij"; its softmax is prob
         ac, bd_raw = rec.calls(attn, "einsum:ibnd,jbnd->bnij")[:2]  # the content stream's call comes first
-        stages.update({pre + "content.ac": ac, pre + "content.bd_raw": bd_raw,
-                       pre + "content.prob": rec.calls(attn, "softmax")[0]})
+        stages.update(
+            {
+                pre + "content.ac": ac,
+                pre + "content.bd_raw": bd_raw,
+                pre + "content.prob": rec.calls(attn, "softmax")[0],
+            }
+        )
         if two_stream:
             stages[pre + "content_ff_out"] = hidden[2 * layer + 2]  # h after the layer
             stages[pre + "query_ff_out"] = hidden[2 * layer + 3]  # g after the layer
@@ -77,7 +96,8 @@ def run(case) -> dict:
             prob_g = rec.calls(attn, "softmax")[1]
             pos = inputs["target_mapping"].argmax(-1)  # [b, k] the position of each target
             stages[pre + "query.prob"] = prob_g.gather(
-                2, pos[:, None, :, None].expand(-1, prob_g.shape[1], -1, prob_g.shape[3]))  # [b, n, k, j]
+                2, pos[:, None, :, None].expand(-1, prob_g.shape[1], -1, prob_g.shape[3])
+            )  # [b, n, k, j]
         else:
             stages[pre + "content_ff_out"] = hidden[layer + 1]
         if out.mems is not None:

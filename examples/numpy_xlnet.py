@@ -93,8 +93,7 @@ def attention(x, q, k_h, v_h, k_r, W, u, v, s_bias, seg_diff, mask, pos, valid, 
     r"""One stream's relative attention: score = [(q+u).k + (q+v).W_r R + (q+b).s_ij] / sqrt(d), masked,
     softmax over j, then LayerNorm(x + (prob . v) W_o). pos: [b, i] each query's position (None: 0..qlen-1)."""
     klen, d = k_h.shape[1], q.shape[-1]
-    t = {"ac": np.einsum("bind,bjnd->bnij", q + u, k_h),
-         "bd_raw": np.einsum("bind,brnd->bnir", q + v, k_r)}
+    t = {"ac": np.einsum("bind,bjnd->bnij", q + u, k_h), "bd_raw": np.einsum("bind,brnd->bnir", q + v, k_r)}
     if pos is None:
         t["bd"] = rel_shift(t["bd_raw"], klen)
     else:  # the query stream: the row of target k at position pos is shifted by qlen - pos
@@ -112,15 +111,17 @@ def attention(x, q, k_h, v_h, k_r, W, u, v, s_bias, seg_diff, mask, pos, valid, 
     vec = np.einsum("bnij,bjnd->bind", t["prob"], v_h)
     if valid is not None:
         vec = vec * valid[:, :, None, None]  # padding targets attend to nothing
-    out = layer_norm(x + np.einsum("bind,mnd->bim", vec, W["o"]), W["layer_norm.weight"], W["layer_norm.bias"],
-                     W["eps"])
+    out = layer_norm(
+        x + np.einsum("bind,mnd->bim", vec, W["o"]), W["layer_norm.weight"], W["layer_norm.bias"], W["eps"]
+    )
     return t, out
 
 
 def feed_forward(x, W, activation, eps):
     hidden = activation(x @ W["layer_1.weight"].T + W["layer_1.bias"])
-    return layer_norm(x + hidden @ W["layer_2.weight"].T + W["layer_2.bias"], W["layer_norm.weight"],
-                      W["layer_norm.bias"], eps)
+    return layer_norm(
+        x + hidden @ W["layer_2.weight"].T + W["layer_2.bias"], W["layer_norm.weight"], W["layer_norm.bias"], eps
+    )
 
 
 def xlnet_forward(cfg, weights, inputs, dtype=None):
@@ -132,8 +133,9 @@ def xlnet_forward(cfg, weights, inputs, dtype=None):
     b, qlen = ids.shape
     if cfg["bi_data"] and b % 2:
         raise ValueError(f"input_ids: bi_data needs an even batch, got {b} rows")
-    mems = [inputs[f"mems.{layer}"].astype(np.float64) for layer in range(cfg["n_layer"])] \
-        if "mems.0" in inputs else None
+    mems = (
+        [inputs[f"mems.{layer}"].astype(np.float64) for layer in range(cfg["n_layer"])] if "mems.0" in inputs else None
+    )
     mlen = mems[0].shape[1] if mems else 0
     klen = mlen + qlen
     act = {"gelu": gelu, "relu": lambda x: np.maximum(x, 0)}[cfg["ff_activation"]]
@@ -155,16 +157,22 @@ def xlnet_forward(cfg, weights, inputs, dtype=None):
         pos, valid = tm.argmax(-1), tm.sum(-1) > 0  # [b, k]
         g = np.broadcast_to(w["transformer.mask_emb"], (b, tm.shape[1], cfg["d_model"]))
     for layer in range(cfg["n_layer"]):
-        W = {k.split(f"transformer.layer.{layer}.", 1)[1].replace("rel_attn.", ""): v for k, v in w.items()
-             if k.startswith(f"transformer.layer.{layer}.rel_attn.")}
+        W = {
+            k.split(f"transformer.layer.{layer}.", 1)[1].replace("rel_attn.", ""): v
+            for k, v in w.items()
+            if k.startswith(f"transformer.layer.{layer}.rel_attn.")
+        }
         W["eps"] = cfg["layer_norm_eps"]
-        F = {k.split(f"transformer.layer.{layer}.ff.", 1)[1]: v for k, v in w.items()
-             if k.startswith(f"transformer.layer.{layer}.ff.")}
+        F = {
+            k.split(f"transformer.layer.{layer}.ff.", 1)[1]: v
+            for k, v in w.items()
+            if k.startswith(f"transformer.layer.{layer}.ff.")
+        }
         p = f"layer{layer}."
         mem = mems[layer] if mems else None
         if cfg["mem_len"]:
-            cached = h[:, :cfg["reuse_len"]] if cfg["reuse_len"] else h
-            S[p + "new_mem"] = (cached if mem is None else np.concatenate([mem, cached], 1))[:, -cfg["mem_len"]:]
+            cached = h[:, : cfg["reuse_len"]] if cfg["reuse_len"] else h
+            S[p + "new_mem"] = (cached if mem is None else np.concatenate([mem, cached], 1))[:, -cfg["mem_len"] :]
         cat = h if mem is None else np.concatenate([mem, h], 1)  # [b, j, m]
         q_h = np.einsum("bim,mnd->bind", h, W["q"])
         k_h, v_h = np.einsum("bjm,mnd->bjnd", cat, W["k"]), np.einsum("bjm,mnd->bjnd", cat, W["v"])
@@ -178,8 +186,9 @@ def xlnet_forward(cfg, weights, inputs, dtype=None):
             q_g = np.einsum("bkm,mnd->bknd", g, W["q"])
             S[p + "q_g"] = q_g
             rows = lambda x: np.take_along_axis(x, pos[:, :, None], axis=1)  # noqa: E731 — [b, i, j] at the targets
-            t, g_out = attention(g, q_g, *common, None if seg_diff is None else rows(seg_diff), rows(attn_mask),
-                                 pos, valid, qlen, dtype)
+            t, g_out = attention(
+                g, q_g, *common, None if seg_diff is None else rows(seg_diff), rows(attn_mask), pos, valid, qlen, dtype
+            )
             S.update({f"{p}query.{k}": v for k, v in t.items()})
             S[p + "query_attn_out"] = g_out
         h = S[p + "content_ff_out"] = feed_forward(h_out, F, act, cfg["layer_norm_eps"])
@@ -206,8 +215,8 @@ def main(argv=None) -> int:
     outputs = {}
     for entry in manifest["cases"]:
         tensors = load_file(str(golden / entry["file"]))
-        weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
-        inputs = {k[len("inputs/"):]: v for k, v in tensors.items() if k.startswith("inputs/")}
+        weights = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
+        inputs = {k[len("inputs/") :]: v for k, v in tensors.items() if k.startswith("inputs/")}
         try:
             stages = xlnet_forward(entry["config"], weights, inputs, np.dtype(entry["dtype"]).type)
         except ValueError as error:  # the documented way to refuse an input

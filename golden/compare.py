@@ -50,9 +50,20 @@ _HERE = Path(__file__).resolve().parent
 # golden/compare.py: its own folder; xlnet_ref/validation/compare.py: the repository's golden/
 DEFAULT_GOLDEN = _HERE if (_HERE / "manifest.json").is_file() else _HERE.parents[1] / "golden"
 
-AXES = {"b": "batch row", "n": "head", "i": "query position", "j": "key", "k": "target", "r": "table row",
-        "m": "feature", "d": "head feature", "V": "vocabulary id", "t": "memory position", "f": "inner feature",
-        "s": "segment relation"}
+AXES = {
+    "b": "batch row",
+    "n": "head",
+    "i": "query position",
+    "j": "key",
+    "k": "target",
+    "r": "table row",
+    "m": "feature",
+    "d": "head feature",
+    "V": "vocabulary id",
+    "t": "memory position",
+    "f": "inner feature",
+    "s": "segment relation",
+}
 POSITION_AXES = "ijkrt"
 QUERY_SCORE = re.compile(r"layer\d+\.query\.(ac|bd_raw|bd|ef|score|prob)$")
 POSITION_SCORE = re.compile(r"(layer\d+\.(?:content|query))\.bd$")
@@ -134,8 +145,19 @@ def hidden_keys(name: str, golden: dict, huge: float):
     return np.isfinite(score) & (np.abs(np.where(np.isfinite(score), score, 0)) >= huge)
 
 
-def compare_stage(name: str, expected, actual, *, rtol: float, atol: float, huge: float,
-                  valid_rows=None, skip=None, layout: str = "", length_first: bool = False) -> StageResult:
+def compare_stage(
+    name: str,
+    expected,
+    actual,
+    *,
+    rtol: float,
+    atol: float,
+    huge: float,
+    valid_rows=None,
+    skip=None,
+    layout: str = "",
+    length_first: bool = False,
+) -> StageResult:
     """One stage: shape, then exact equality (bool) or max abs / rel error (float) against the tolerance.
 
     expected: the golden array (batch-first); actual: array-like (numpy, or anything np.asarray reads);
@@ -164,22 +186,38 @@ def compare_stage(name: str, expected, actual, *, rtol: float, atol: float, huge
         differ = ((a != 0) != expected) & keep
         if differ.any():
             where = locate(np.argwhere(differ)[0], layout)
-            return StageResult(name, "FAIL", shape, note=f"{int(differ.sum())} of {int(keep.sum())} entries differ",
-                               where=f"first at {where}")
+            return StageResult(
+                name,
+                "FAIL",
+                shape,
+                note=f"{int(differ.sum())} of {int(keep.sum())} entries differ",
+                where=f"first at {where}",
+            )
         return StageResult(name, "pass", shape, 0.0, 0.0)
     e, a = expected.astype(np.float64), a.astype(np.float64)
     fin_e, fin_a = np.isfinite(e), np.isfinite(a)
     bad = (fin_e != fin_a) & keep
     if bad.any():
-        return StageResult(name, "FAIL", shape, float("nan"), float("nan"),
-                           note=f"{int(bad.sum())} entries are nan/inf in one and finite in the other",
-                           where=f"first at {locate(np.argwhere(bad)[0], layout)}")
+        return StageResult(
+            name,
+            "FAIL",
+            shape,
+            float("nan"),
+            float("nan"),
+            note=f"{int(bad.sum())} entries are nan/inf in one and finite in the other",
+            where=f"first at {locate(np.argwhere(bad)[0], layout)}",
+        )
     huge_e = fin_e & (np.abs(np.where(fin_e, e, 0)) >= huge)
     huge_a = fin_a & (np.abs(np.where(fin_a, a, 0)) >= huge)
     bad = (huge_e != huge_a) & keep
     if bad.any():
-        return StageResult(name, "FAIL", shape, note=f"{int(bad.sum())} entries masked in one and not in the other",
-                           where=f"first at {locate(np.argwhere(bad)[0], layout)}")
+        return StageResult(
+            name,
+            "FAIL",
+            shape,
+            note=f"{int(bad.sum())} entries masked in one and not in the other",
+            where=f"first at {locate(np.argwhere(bad)[0], layout)}",
+        )
     regular = fin_e & ~huge_e & keep
     if not regular.any():
         return StageResult(name, "pass", shape, 0.0, 0.0, note="all entries masked")
@@ -205,14 +243,19 @@ def read_manifest(directory) -> dict:
         raise UsageError(f"golden folder {directory}: no such folder")
     path = directory / "manifest.json"
     if not path.is_file():
-        raise UsageError(f"{path}: no such file ({directory} is not a golden folder; "
-                         "write one with `python -m xlnet_ref.golden write`)")
+        raise UsageError(
+            f"{path}: no such file ({directory} is not a golden folder; "
+            "write one with `python -m xlnet_ref.golden write`)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: not valid JSON ({error}): the file is damaged or truncated") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-            or manifest.get("format_version") != FORMAT_VERSION:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("format_version") != FORMAT_VERSION
+    ):
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise UsageError(f"{path}: expected format {FORMAT!r} version {FORMAT_VERSION}, got {got!r}")
     cases = manifest.get("cases")
@@ -234,8 +277,9 @@ def read_case_file(directory, entry: dict) -> dict[str, np.ndarray]:
     try:
         tensors = load_file(str(path))
     except Exception as error:  # noqa: BLE001 — safetensors raises its own error types
-        raise UsageError(f"{path}: not a readable safetensors file ({str(error).splitlines()[0][:120]}): "
-                         "damaged or truncated") from None
+        raise UsageError(
+            f"{path}: not a readable safetensors file ({str(error).splitlines()[0][:120]}): damaged or truncated"
+        ) from None
     listed = [s["file"] for s in entry["stages"]]
     for item in entry.get("inputs", []):
         listed += item.get("files", [item.get("file")])
@@ -244,8 +288,10 @@ def read_case_file(directory, entry: dict) -> dict[str, np.ndarray]:
         raise UsageError(f"{path}: no tensor {missing[0]!r} (manifest.json lists it; {len(missing)} missing)")
     for s in entry["stages"]:
         if list(tensors[s["file"]].shape) != s["shape"]:
-            raise UsageError(f"{path}: tensor {s['file']!r} has shape {list(tensors[s['file']].shape)}, "
-                             f"manifest.json says {s['shape']}")
+            raise UsageError(
+                f"{path}: tensor {s['file']!r} has shape {list(tensors[s['file']].shape)}, "
+                f"manifest.json says {s['shape']}"
+            )
     return tensors
 
 
@@ -263,8 +309,10 @@ def read_outputs(path) -> dict[str, np.ndarray]:
 
             return load_file(str(path))
     except Exception as error:  # noqa: BLE001 — numpy / zipfile / safetensors errors alike
-        raise UsageError(f"{path}: cannot read it as {path.suffix[1:]} "
-                         f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''})") from None
+        raise UsageError(
+            f"{path}: cannot read it as {path.suffix[1:]} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''})"
+        ) from None
     raise UsageError(f"{path}: expected a .safetensors or .npz file, got {path.suffix or 'no suffix'!r}")
 
 
@@ -301,8 +349,14 @@ def compare_case(entry: dict, golden: dict, given: dict, args, known_anywhere: s
         others = sorted(set(given) - {REFUSED})
         if REFUSED in given and not others:
             return [StageResult("input_check", "pass", note="refused, as the reference does")], notes
-        return [StageResult("input_check", "FAIL", note=f"the reference refuses this input ({entry['expect_error']:.80}); "
-                            f"write '{entry['name']}/{REFUSED}' and no stages")], notes
+        return [
+            StageResult(
+                "input_check",
+                "FAIL",
+                note=f"the reference refuses this input ({entry['expect_error']:.80}); "
+                f"write '{entry['name']}/{REFUSED}' and no stages",
+            )
+        ], notes
     if REFUSED in given:
         return [StageResult("input_check", "FAIL", note="refused an input the reference accepts")], notes
     tm = golden.get("inputs/target_mapping")
@@ -313,9 +367,18 @@ def compare_case(entry: dict, golden: dict, given: dict, args, known_anywhere: s
     by_name = {s["name"]: golden[s["file"]] for s in entry["stages"]}
     for s in entry["stages"]:
         rtol, atol = tolerance(s["name"], entry["tolerances"], args)
-        r = compare_stage(s["name"], golden[s["file"]], given.get(s["name"]), rtol=rtol, atol=atol, huge=huge,
-                          valid_rows=valid_rows, skip=hidden_keys(s["name"], by_name, huge), layout=s.get("layout", ""),
-                          length_first=args.layout == "length_first")
+        r = compare_stage(
+            s["name"],
+            golden[s["file"]],
+            given.get(s["name"]),
+            rtol=rtol,
+            atol=atol,
+            huge=huge,
+            valid_rows=valid_rows,
+            skip=hidden_keys(s["name"], by_name, huge),
+            layout=s.get("layout", ""),
+            length_first=args.layout == "length_first",
+        )
         if s["name"] == "logits" and r.status == "not provided":
             r.status, r.note = "FAIL", "logits are required"
         results.append(r)
@@ -352,8 +415,14 @@ def main(argv=None, out=print) -> int:
     parser.add_argument("--layout", choices=["batch_first", "length_first"], default="batch_first")
     parser.add_argument("--rtol", type=float, help="relative tolerance for every stage (default: the case's)")
     parser.add_argument("--atol", type=float, help="absolute tolerance for every stage (default: the case's)")
-    parser.add_argument("--stage-tol", type=_stage_tolerance, action="append", default=[], metavar="STAGE=R[,A]",
-                        help="tolerance for stages matching STAGE (a name, a base name like 'prob', or a glob)")
+    parser.add_argument(
+        "--stage-tol",
+        type=_stage_tolerance,
+        action="append",
+        default=[],
+        metavar="STAGE=R[,A]",
+        help="tolerance for stages matching STAGE (a name, a base name like 'prob', or a glob)",
+    )
     parser.add_argument("--failures", action="store_true", help="print every failing stage of each case")
     parser.add_argument("--verbose", action="store_true", help="print every stage of each case")
     args = parser.parse_args(argv)
@@ -397,28 +466,33 @@ def _run(args, out) -> int:
         totals["not provided"] += counts["not provided"]
         first = next((r for r in results if r.failed), None)
         summary = ", ".join(f"{n} {st}" for st, n in counts.items() if n)
-        out(f"case {name:<24} {'PASS' if first is None else 'FAIL at ' + first.stage}  ({summary})"
-            + ("" if first is None else _detail(first)))
+        out(
+            f"case {name:<24} {'PASS' if first is None else 'FAIL at ' + first.stage}  ({summary})"
+            + ("" if first is None else _detail(first))
+        )
         for r in results:
             if args.verbose or (args.failures and r.failed):
-                out(f"  {r.stage:<40} {r.status:<13} max abs {_num(r.max_abs)}  max rel {_num(r.max_rel)}"
-                    + _detail(r))
+                out(f"  {r.stage:<40} {r.status:<13} max abs {_num(r.max_abs)}  max rel {_num(r.max_rel)}" + _detail(r))
         for note in notes:
             out(f"  note: {note}")
         if first is not None:
             failed.append(name)
             if departure is None:
                 meaning = next((s.get("meaning", "") for s in entry["stages"] if s["name"] == first.stage), "")
-                later = results[results.index(first) + 1:]
+                later = results[results.index(first) + 1 :]
                 departure = (name, first, meaning, sum(r.status == "pass" for r in later), sum(r.failed for r in later))
     if compared == 0 and not failed:
-        raise UsageError(f"{args.outputs}: no keys for any selected golden case (expected '<case>/<stage>' with "
-                         f"case one of {selected[:3]}...)")
+        raise UsageError(
+            f"{args.outputs}: no keys for any selected golden case (expected '<case>/<stage>' with "
+            f"case one of {selected[:3]}...)"
+        )
     if not failed:
         skipped = len(selected) - compared
-        out(f"ALL PASS: {totals['pass']} stages compared in {compared} case(s)"
+        out(
+            f"ALL PASS: {totals['pass']} stages compared in {compared} case(s)"
             + (f"; {totals['not provided']} stages not provided" if totals["not provided"] else "")
-            + (f"; {skipped} case(s) skipped (not in OUTPUTS)" if skipped else ""))
+            + (f"; {skipped} case(s) skipped (not in OUTPUTS)" if skipped else "")
+        )
         return 0
     out(f"FAILED: {', '.join(failed)}")
     if departure is not None:

@@ -66,7 +66,21 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def micro_train_config(corpus, **overrides) -> TrainConfig:
     """A pretraining run small enough for a unit test (d_model 32, 2 layers, 16 steps of 4 x 24 tokens)
     on the text file ``corpus``; ``overrides`` replace TrainConfig fields."""
-    model = XLNetConfig(vocab_size=260, d_model=32, n_layer=2, n_head=2, d_inner=64, mem_len=16, reuse_len=8, dropout=0.1)
-    base = TrainConfig(model=model, name="micro", corpus=str(corpus), eval_fraction=0.3, seq_len=24, batch_size=4,
-                       num_predict=4, steps=16, learning_rate=3e-3, warmup_steps=2, eval_every=5, eval_batches=2)
+    model = XLNetConfig(
+        vocab_size=260, d_model=32, n_layer=2, n_head=2, d_inner=64, mem_len=16, reuse_len=8, dropout=0.1
+    )
+    base = TrainConfig(
+        model=model,
+        name="micro",
+        corpus=str(corpus),
+        eval_fraction=0.3,
+        seq_len=24,
+        batch_size=4,
+        num_predict=4,
+        steps=16,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        eval_every=5,
+        eval_batches=2,
+    )
     return dataclasses.replace(base, **overrides)

@@ -17,10 +17,12 @@ from xlnet_ref.pretraining_data import plm_batches
 from xlnet_ref.training.baselines import NGramModel, held_out_ngram_loss, kneser_ney_discounts
 from xlnet_ref.training.tokenizer import ByteTokenizer
 
-TEXT = ("The permutation language model predicts each token from the tokens that come before it in a "
-        "random order. The memory carries the hidden states of the previous segment to the next one, so "
-        "that the model sees a long text as one text. Relative positions make the reuse of the memory "
-        "coherent: a position is known only by its distance to the query. ") * 3
+TEXT = (
+    "The permutation language model predicts each token from the tokens that come before it in a "
+    "random order. The memory carries the hidden states of the previous segment to the next one, so "
+    "that the model sees a long text as one text. Relative positions make the reuse of the memory "
+    "coherent: a position is known only by its distance to the query. "
+) * 3
 OTHER = "Every language model must beat the counts of the pairs of letters before it can claim to have learned."
 
 
@@ -97,9 +99,20 @@ def test_held_out_scorer_uses_the_left_to_right_targets_and_the_text_before_them
     stream = torch.tensor(byte_ids(TEXT), dtype=torch.long)
     model = NGramModel(stream[:400], order=2, vocab_size=tok.vocab_size)
     seq_len, reuse_len, b = 16, 6, 2
-    batches = list(plm_batches(stream, seq_len=seq_len, reuse_len=reuse_len, batch_size=b, num_predict=3,
-                               perm_size=None, bi_data=False, sep_id=tok.sep_id, cls_id=tok.cls_id,
-                               generator=torch.Generator().manual_seed(0)))[:3]
+    batches = list(
+        plm_batches(
+            stream,
+            seq_len=seq_len,
+            reuse_len=reuse_len,
+            batch_size=b,
+            num_predict=3,
+            perm_size=None,
+            bi_data=False,
+            sep_id=tok.sep_id,
+            cls_id=tok.cls_id,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )[:3]
     row_len = stream.numel() // b
     expected, n = 0.0, 0
     for s in range(len(batches)):

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel, XLNetModel
+from xlnet_ref.interop import mems_from_hf, mems_to_hf
 from xlnet_ref.training.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -22,10 +23,8 @@ from xlnet_ref.training.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from xlnet_ref.interop import mems_from_hf, mems_to_hf
 
 CFG = dict(vocab_size=50, d_model=16, n_layer=2, n_head=2, d_inner=24, mem_len=6, reuse_len=3, dropout=0.0)
-
 
 
 def make_lm(seed: int = 0, **overrides) -> XLNetLMHeadModel:
@@ -41,9 +40,12 @@ def plm_inputs(seed: int = 1, b: int = 2, qlen: int = 5, k: int = 2) -> dict:
     g = torch.Generator().manual_seed(seed)
     target_mapping = torch.zeros(b, k, qlen)
     target_mapping[:, torch.arange(k), torch.arange(k) + 1] = 1
-    return dict(input_ids=torch.randint(0, CFG["vocab_size"], (b, qlen), generator=g),
-                token_type_ids=torch.randint(0, 2, (b, qlen), generator=g),
-                perm_mask=(torch.rand(b, qlen, qlen, generator=g) < 0.5).float(), target_mapping=target_mapping)
+    return dict(
+        input_ids=torch.randint(0, CFG["vocab_size"], (b, qlen), generator=g),
+        token_type_ids=torch.randint(0, 2, (b, qlen), generator=g),
+        perm_mask=(torch.rand(b, qlen, qlen, generator=g) < 0.5).float(),
+        target_mapping=target_mapping,
+    )
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -88,8 +90,16 @@ def test_training_state_round_trip(tmp_path):
     rng = capture_rng_state({"data": generator})
     expected_draw = torch.rand(3)
     expected_data_draw = torch.rand(3, generator=generator)
-    save_checkpoint(tmp_path, model=model, step=7, optimizer=opt, scheduler=sched, rng=rng, mems=out.mems,
-                    extra={"note": "hello", "history": [{"step": 1, "loss": 2.5}]})
+    save_checkpoint(
+        tmp_path,
+        model=model,
+        step=7,
+        optimizer=opt,
+        scheduler=sched,
+        rng=rng,
+        mems=out.mems,
+        extra={"note": "hello", "history": [{"step": 1, "loss": 2.5}]},
+    )
 
     model2 = make_lm(seed=1).train()
     opt2 = torch.optim.AdamW(model2.parameters(), lr=5.0)

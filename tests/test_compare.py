@@ -46,8 +46,9 @@ def no_torch_env(tmp_path_factory):
 
 
 def run_compare(env, *args, cwd=None):
-    return subprocess.run([sys.executable, str(COMPARE), *map(str, args)], env=env, capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(COMPARE), *map(str, args)], env=env, capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def manifest():
@@ -176,8 +177,14 @@ def test_a_copied_folder_is_all_a_porter_needs(no_torch_env, tmp_path):
     target = tmp_path / "golden_copy"
     shutil.copytree(GOLDEN, target)
     save_file(golden_copy(["two_stream"]), str(tmp_path / "out.safetensors"))
-    run = subprocess.run([sys.executable, str(target / "compare.py"), str(tmp_path / "out.safetensors")],
-                         env=no_torch_env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(target / "compare.py"), str(tmp_path / "out.safetensors")],
+        env=no_torch_env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode == 0 and str(target) in run.stdout, run.stdout + run.stderr
 
 
@@ -185,8 +192,13 @@ def test_the_numpy_example_passes_without_torch(no_torch_env, tmp_path):
     """examples/numpy_xlnet.py: XLNet's forward in numpy from the golden files alone, every stage it
     computes passing compare.py; the odd bi_data batch is refused; gradients are not provided."""
     out = tmp_path / "numpy_outputs.safetensors"
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "numpy_xlnet.py"), "--out", str(out)],
-                         env=no_torch_env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "numpy_xlnet.py"), "--out", str(out)],
+        env=no_torch_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     assert "bi_data_odd_batch        refused" in run.stdout
     judged = run_compare(no_torch_env, out, "--verbose")
@@ -206,8 +218,14 @@ def test_the_readme_example_writes_a_passing_outputs_file(no_torch_env, tmp_path
     (tmp_path / "write_outputs.py").write_text(code)
     (tmp_path / "my_xlnet.py").write_text("from numpy_xlnet import xlnet_forward as xlnet_stages\n")
     env = {**no_torch_env, "PYTHONPATH": os.pathsep.join([no_torch_env["PYTHONPATH"], str(ROOT / "examples")])}
-    run = subprocess.run([sys.executable, "write_outputs.py", str(GOLDEN)], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "write_outputs.py", str(GOLDEN)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     judged = run_compare(env, tmp_path / "my_outputs.safetensors")
     assert judged.returncode == 0 and "ALL PASS" in judged.stdout, judged.stdout[-2000:]
@@ -217,10 +235,15 @@ def test_the_walkthroughs_rel_shift_bug_is_named(no_torch_env, tmp_path):
     """docs/validate.md step 6: the numpy example without its rel_shift fails first at layer0.content.bd,
     while bd_raw (before the shift) still agrees."""
     out = tmp_path / "buggy.safetensors"
-    code = ("import numpy_xlnet as x; x.rel_shift = lambda bd, klen: bd[..., :klen]; "
-            f"x.main(['--out', {str(out)!r}])")
-    run = subprocess.run([sys.executable, "-c", code], env=no_torch_env, cwd=ROOT / "examples",
-                         capture_output=True, text=True, timeout=600)
+    code = f"import numpy_xlnet as x; x.rel_shift = lambda bd, klen: bd[..., :klen]; x.main(['--out', {str(out)!r}])"
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=no_torch_env,
+        cwd=ROOT / "examples",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     judged = run_compare(no_torch_env, out, "--case", "one_stream", "--verbose")
     assert judged.returncode == 1

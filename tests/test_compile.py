@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import SMALL, random_inputs, random_lm, rel_err
+
 from xlnet_ref.fast import to_fast
 from xlnet_ref.permutation import plm_loss
 
@@ -23,8 +23,9 @@ N_LAYER = 1  # dynamo traces every layer the same way: one keeps the test quick
 
 
 def step_inputs(batch=2, seed=0, **opts):
-    kw = random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=seed, perm=True, num_predict=3,
-                       **opts)
+    kw = random_inputs(
+        batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=seed, perm=True, num_predict=3, **opts
+    )
     g = torch.Generator().manual_seed(seed)
     mems = [torch.randn(batch, 4, SMALL["d_model"], generator=g) for _ in range(N_LAYER)]
     targets = torch.randint(0, SMALL["vocab_size"], (batch, 3), generator=g)

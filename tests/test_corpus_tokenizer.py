@@ -112,7 +112,17 @@ def test_byte_tokenizer_save_load(tmp_path):
 # ------------------------------------------------------------------------------ SentencePiece tokenizer
 def test_sentencepiece_has_xlnets_special_ids(sp_tokenizer):
     sp = sp_tokenizer.sp
-    assert [sp.id_to_piece(i) for i in range(9)] == ["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
+    assert [sp.id_to_piece(i) for i in range(9)] == [
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<cls>",
+        "<sep>",
+        "<pad>",
+        "<mask>",
+        "<eod>",
+        "<eop>",
+    ]
     assert (sp_tokenizer.unk_id, sp_tokenizer.cls_id, sp_tokenizer.sep_id, sp_tokenizer.pad_id) == (0, 3, 4, 5)
     assert sp_tokenizer.vocab_size == 400
 

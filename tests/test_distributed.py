@@ -16,8 +16,27 @@ from xlnet_ref.training import distributed
 from xlnet_ref.training.train import main
 
 # the tiny preset's model, 4 steps of 4 rows x 40 tokens, no dropout, no evaluation before the end
-ARGS = ["--preset", "tiny", "--steps", "4", "--warmup-steps", "1", "--batch-size", "4", "--seq-len", "40",
-        "--dropout", "0", "--eval-every", "0", "--checkpoint-every", "2", "--device", "cpu", "--no-progress"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "40",
+    "--dropout",
+    "0",
+    "--eval-every",
+    "0",
+    "--checkpoint-every",
+    "2",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def weights(run_dir, step):
@@ -31,8 +50,19 @@ def mems(run_dir, step):
 def torchrun(args, *, nproc: int, timeout: int = 300):
     """python -m torch.distributed.run (torchrun) with this interpreter, one thread per process."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
-           str(nproc), "-m", "xlnet_ref.train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "xlnet_ref.train",
+        *args,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -72,16 +102,22 @@ def test_rows_of_keeps_each_half_and_gather_inverts_it():
     """bi_data: rank r keeps its chunk of the forward half and of the backward half, in that order."""
     b = 8
     batch = PLMBatch(*[torch.arange(b)[:, None].expand(b, 3).clone() for _ in range(8)])
-    got = [distributed.rows_of(batch, distributed.World(rank=r, world_size=2), halves=2).input_ids[:, 0].tolist()
-           for r in range(2)]
+    got = [
+        distributed.rows_of(batch, distributed.World(rank=r, world_size=2), halves=2).input_ids[:, 0].tolist()
+        for r in range(2)
+    ]
     assert got == [[0, 1, 4, 5], [2, 3, 6, 7]]
-    got = [distributed.rows_of(batch, distributed.World(rank=r, world_size=2), halves=1).input_ids[:, 0].tolist()
-           for r in range(2)]
+    got = [
+        distributed.rows_of(batch, distributed.World(rank=r, world_size=2), halves=1).input_ids[:, 0].tolist()
+        for r in range(2)
+    ]
     assert got == [[0, 1, 2, 3], [4, 5, 6, 7]]
     global_mems = [torch.arange(b * 2.0).view(b, 2, 1)]
     for halves in (1, 2):
-        parts = [distributed.local_mems(global_mems, distributed.World(rank=r, world_size=2), halves=halves)[0]
-                 for r in range(2)]
+        parts = [
+            distributed.local_mems(global_mems, distributed.World(rank=r, world_size=2), halves=halves)[0]
+            for r in range(2)
+        ]
         # gather_rows' regrouping, without a process group: chunk each part per half, interleave ranks
         chunks = [p.chunk(halves) for p in parts]
         back = torch.cat([chunks[r][h] for h in range(halves) for r in range(2)])

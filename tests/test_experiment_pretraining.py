@@ -10,11 +10,22 @@ from xlnet_ref.experiments import pretraining
 from xlnet_ref.experiments.common import load_result
 from xlnet_ref.training.train import prepare_data, train
 
-MINUSCULE = dict(train=dict(steps=3, warmup_steps=1, batch_size=2, seq_len=24, num_predict=4, eval_every=0,
-                            eval_batches=2),
-                 model=dict(d_model=16, n_layer=1, n_head=2, d_inner=32, mem_len=16, reuse_len=8))
-KEYS = {"seed", "plm/ltr_loss", "ar/ltr_loss", "plm/plm_loss", "ar/plm_loss", "plm/train_seconds",
-        "ar/train_seconds", "unigram/ltr_loss", "bigram/ltr_loss", "trigram/ltr_loss"}
+MINUSCULE = dict(
+    train=dict(steps=3, warmup_steps=1, batch_size=2, seq_len=24, num_predict=4, eval_every=0, eval_batches=2),
+    model=dict(d_model=16, n_layer=1, n_head=2, d_inner=32, mem_len=16, reuse_len=8),
+)
+KEYS = {
+    "seed",
+    "plm/ltr_loss",
+    "ar/ltr_loss",
+    "plm/plm_loss",
+    "ar/plm_loss",
+    "plm/train_seconds",
+    "ar/train_seconds",
+    "unigram/ltr_loss",
+    "bigram/ltr_loss",
+    "trigram/ltr_loss",
+}
 
 
 @pytest.fixture

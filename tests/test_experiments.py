@@ -19,13 +19,31 @@ TINY_MODEL = dict(d_model=16, n_layer=1, n_head=2, d_inner=32)
 @pytest.fixture
 def tiny_sizes(monkeypatch):
     """Replace the 'quick' size of every experiment by a few-step one (the real sizes stay untouched)."""
-    monkeypatch.setitem(memory_on_text.CONFIGS, "quick", dict(
-        mem_lens=[0, 8], seg_len=8, batch_size=2, steps=3, learning_rate=1e-3, warmup_steps=1, eval_streams=2,
-        eval_segments=3, **TINY_MODEL))
-    monkeypatch.setitem(plm_vs_ar_vs_independent.CONFIGS, "quick", dict(
-        seq_len=8, batch_size=4, steps=3, learning_rate=1e-3, warmup_steps=1, eval_sequences=16, **TINY_MODEL))
-    monkeypatch.setitem(two_stream_vs_target_blind.CONFIGS, "quick", dict(
-        seq_len=12, K=4, batch_size=2, steps=3, learning_rate=1e-3, warmup_steps=1, eval_windows=4, **TINY_MODEL))
+    monkeypatch.setitem(
+        memory_on_text.CONFIGS,
+        "quick",
+        dict(
+            mem_lens=[0, 8],
+            seg_len=8,
+            batch_size=2,
+            steps=3,
+            learning_rate=1e-3,
+            warmup_steps=1,
+            eval_streams=2,
+            eval_segments=3,
+            **TINY_MODEL,
+        ),
+    )
+    monkeypatch.setitem(
+        plm_vs_ar_vs_independent.CONFIGS,
+        "quick",
+        dict(seq_len=8, batch_size=4, steps=3, learning_rate=1e-3, warmup_steps=1, eval_sequences=16, **TINY_MODEL),
+    )
+    monkeypatch.setitem(
+        two_stream_vs_target_blind.CONFIGS,
+        "quick",
+        dict(seq_len=12, K=4, batch_size=2, steps=3, learning_rate=1e-3, warmup_steps=1, eval_windows=4, **TINY_MODEL),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +56,30 @@ def small_corpus():
 EXPECTED_KEYS = {
     "memory_on_text": {f"mem_len={m}/{k}" for m in (0, 8) for k in ("loss", "loss_start", "loss_end")},
     "plm_vs_ar_vs_independent": {
-        "plm/joint", "plm/a", "plm/b", "plm/joint_b_first", "ar/joint", "ar/a", "ar/b", "independent/joint",
-        "independent/a", "independent/b", "bayes/joint", "bayes_independent/joint", "bayes_left_to_right/joint"},
-    "two_stream_vs_target_blind": {f"{arm}/{k}" for arm in ("two_stream", "target_blind")
-                                   for k in ("loss", "loss_first", "loss_last")} | {"unigram/loss"},
+        "plm/joint",
+        "plm/a",
+        "plm/b",
+        "plm/joint_b_first",
+        "ar/joint",
+        "ar/a",
+        "ar/b",
+        "independent/joint",
+        "independent/a",
+        "independent/b",
+        "bayes/joint",
+        "bayes_independent/joint",
+        "bayes_left_to_right/joint",
+    },
+    "two_stream_vs_target_blind": {
+        f"{arm}/{k}" for arm in ("two_stream", "target_blind") for k in ("loss", "loss_first", "loss_last")
+    }
+    | {"unigram/loss"},
 }
-MODULES = {"memory_on_text": memory_on_text, "plm_vs_ar_vs_independent": plm_vs_ar_vs_independent,
-           "two_stream_vs_target_blind": two_stream_vs_target_blind}
+MODULES = {
+    "memory_on_text": memory_on_text,
+    "plm_vs_ar_vs_independent": plm_vs_ar_vs_independent,
+    "two_stream_vs_target_blind": two_stream_vs_target_blind,
+}
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -56,7 +91,7 @@ def test_run_writes_a_result_with_every_key_and_finite_numbers(name, tiny_sizes,
     record = load_result(name, size="quick", directory=tmp_path)
     assert path.name == f"{name}_quick.json"
     assert record["seeds"] == [0, 1]
-    assert f"--size quick --seeds 0 1" in record["command"]
+    assert "--size quick --seeds 0 1" in record["command"]
     assert set(record["summary"]) == EXPECTED_KEYS[name]
     for row in record["per_seed"]:
         assert all(math.isfinite(v) and v >= 0 for k, v in row.items() if k != "seed")
@@ -108,7 +143,7 @@ def test_entity_task_layout_and_the_pair_determine_each_other():
     for r in range(500):
         s = int(batch.start[r])
         left = ids[r, :s].tolist()
-        right = ids[r, s + 2:].tolist()
+        right = ids[r, s + 2 :].tolist()
         assert [t for t in left if t < m.RIGHT_CLUE] == [m.LEFT_CLUE + int(batch.u[r])]
         assert [t for t in right if m.RIGHT_CLUE <= t < m.FIRST] == [m.RIGHT_CLUE + int(batch.v[r])]
 
@@ -126,14 +161,14 @@ def test_pair_masks_say_who_sees_what():
     m = plm_vs_ar_vs_independent
     T, s = 8, 3  # a at 3, b at 4; left 0..2, right 5..7
     perm, mapping = m.pair_masks(T, s, order_of_pair="ab")
-    sees = (perm == 0)  # [i, j] query stream of i may see j
+    sees = perm == 0  # [i, j] query stream of i may see j
     assert mapping.argmax(-1).tolist() == [3, 4]
     assert sees[3].tolist() == [True, True, True, False, False, True, True, True]  # a: the context only
     assert sees[4].tolist() == [True, True, True, True, False, True, True, True]  # b: the context and a
     perm, _ = m.pair_masks(T, s, order_of_pair="ba")
     assert (perm == 0)[3, 4] and not (perm == 0)[4, 3]  # a sees b, b does not see a
     perm, _ = m.pair_masks(T, s, order_of_pair="left_to_right")
-    sees = (perm == 0)
+    sees = perm == 0
     assert sees[3].tolist() == [True, True, True, False, False, False, False, False]
     assert sees[4].tolist() == [True, True, True, True, False, False, False, False]
 
@@ -163,7 +198,8 @@ def test_target_blind_reads_a_state_that_sees_exactly_what_the_target_may_see():
     tokens = torch.arange(200) % 7
     starts = torch.tensor([0, 50, 100])
     ids, perm, mapping, target_ids, predictor, step = two_stream_vs_target_blind.plm_windows(
-        tokens, starts, seq_len=12, K=4, generator=torch.Generator().manual_seed(0))
+        tokens, starts, seq_len=12, K=4, generator=torch.Generator().manual_seed(0)
+    )
     positions = mapping.argmax(-1)  # [b, k]
     assert torch.equal(target_ids, ids.gather(1, positions))
     for r in range(3):

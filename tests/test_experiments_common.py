@@ -25,8 +25,9 @@ def test_summary_is_mean_and_sample_std_of_the_seeds():
 
 def test_round_trip_and_spread(tmp_path):
     rows = [{"seed": s, "acc": 0.5 + 0.1 * s} for s in (0, 1, 2)]
-    path = write_result("toy", size="quick", command="cmd", config={"a": 1}, seeds=[0, 1, 2], per_seed=rows,
-                        directory=tmp_path)
+    path = write_result(
+        "toy", size="quick", command="cmd", config={"a": 1}, seeds=[0, 1, 2], per_seed=rows, directory=tmp_path
+    )
     assert path == result_path("toy", size="quick", directory=tmp_path)
     record = load_result("toy", size="quick", directory=tmp_path)
     assert record["config"] == {"a": 1} and record["seeds"] == [0, 1, 2]
@@ -45,14 +46,16 @@ def test_consistent_with_seeds_widens_the_range_by_one_std(tmp_path):
 
 def test_bad_records_are_refused(tmp_path):
     with pytest.raises(ValueError, match="one row per seed"):
-        write_result("x", size="full", command="c", config={}, seeds=[0, 1], per_seed=[{"seed": 0, "v": 1.0}],
-                     directory=tmp_path)
+        write_result(
+            "x", size="full", command="c", config={}, seeds=[0, 1], per_seed=[{"seed": 0, "v": 1.0}], directory=tmp_path
+        )
     with pytest.raises(ValueError, match="non-finite"):
         summarize([{"seed": 0, "v": float("nan")}])
     with pytest.raises(FileNotFoundError, match="no recorded result"):
         load_result("absent", directory=tmp_path)
-    path = write_result("y", size="full", command="c", config={}, seeds=[0], per_seed=[{"seed": 0, "v": 1.0}],
-                        directory=tmp_path)
+    path = write_result(
+        "y", size="full", command="c", config={}, seeds=[0], per_seed=[{"seed": 0, "v": 1.0}], directory=tmp_path
+    )
     record = json.loads(path.read_text())
     record["summary"]["v"]["mean"] = 9.0  # hand-edited summary no longer matches the seeds
     path.write_text(json.dumps(record))

@@ -12,9 +12,9 @@ import copy
 
 import pytest
 import torch
-
 from helpers import SMALL, random_inputs, random_lm, rel_err
 from test_parity import CASES, hf_forward
+
 from xlnet_ref import XLNetLMHeadModel
 from xlnet_ref import fast as fast_path
 from xlnet_ref.fast.attention import QUERY_BLOCK, ProbsDropoutValues
@@ -50,8 +50,9 @@ def chained_calls(model, overrides, opts, batch, *, seed=0, calls=3, dtype=torch
     """Three calls, each one's memory feeding the next (mlen 0, then > 0, then full)."""
     outs, mems = [], None
     for call in range(calls):
-        kw = with_padding_target(random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"],
-                                               seed=100 * seed + call, **opts))
+        kw = with_padding_target(
+            random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=100 * seed + call, **opts)
+        )
         kw = {k: v.to(dtype) if v.is_floating_point() else v for k, v in kw.items()}
         out = model(**kw, mems=mems, output_hidden_states=True)
         outs.append(out)
@@ -64,7 +65,9 @@ def chained_calls(model, overrides, opts, batch, *, seed=0, calls=3, dtype=torch
 def test_fast_path_outputs_equal_the_readable_path(case_id, overrides, opts, batch, query_block):
     readable = random_lm(**{"mem_len": 6, **overrides})
     fast = in_query_blocks(fast_twin(readable), query_block)  # seq_len 7, 2 to 4 targets: blocks 2, 2, 2, 1
-    for call, (a, b) in enumerate(zip(chained_calls(fast, overrides, opts, batch), chained_calls(readable, overrides, opts, batch))):
+    for call, (a, b) in enumerate(
+        zip(chained_calls(fast, overrides, opts, batch), chained_calls(readable, overrides, opts, batch))
+    ):
         assert rel_err(a.logits, b.logits) <= 1e-5, f"call {call}: logits"
         assert rel_err(a.content, b.content) <= 1e-5, f"call {call}: content stream"
         if b.query is not None:
@@ -85,7 +88,10 @@ def test_fast_path_loss_and_gradients_equal_the_readable_path(case_id, overrides
     readable = random_lm(**{"mem_len": 6, **overrides}).train()  # dropout is 0
     fast = in_query_blocks(fast_twin(readable), query_block).train()
     kw = with_padding_target(random_inputs(batch=batch, seq_len=7, vocab_size=SMALL["vocab_size"], seed=5, **opts))
-    mems = [torch.randn(batch, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(l)) for l in range(SMALL["n_layer"])]
+    mems = [
+        torch.randn(batch, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(layer))
+        for layer in range(SMALL["n_layer"])
+    ]
     k = kw["target_mapping"].shape[1]
     targets = torch.randint(0, SMALL["vocab_size"], (batch, k), generator=torch.Generator().manual_seed(9))
     weights = (kw["target_mapping"].sum(-1) > 0).float()
@@ -146,8 +152,9 @@ def test_training_step_under_autocast_is_as_close_to_float32_as_the_readable_pat
     reference = random_lm(mem_len=6).train()
     readable = copy.deepcopy(reference)
     fast = in_query_blocks(fast_twin(reference), 2).train()
-    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=7, token_types=True, perm=True,
-                       num_predict=3)
+    kw = random_inputs(
+        batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=7, token_types=True, perm=True, num_predict=3
+    )
     targets = torch.randint(0, SMALL["vocab_size"], (2, 3), generator=torch.Generator().manual_seed(8))
     for model, bf16 in ((reference, False), (readable, True), (fast, True)):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -170,9 +177,13 @@ def test_fast_path_with_dropout_has_autograds_loss_and_gradients(monkeypatch):
     """Training with dropout, the same seed: the fast path's loss and gradients with ProbsDropoutValues
     equal those with autograd's own softmax, mask and matmul (the same masks are drawn)."""
     model = in_query_blocks(fast_twin(random_lm(mem_len=6, dropout=0.3)), 2).train()
-    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=7, token_types=True, perm=True,
-                       num_predict=3)
-    mems = [torch.randn(2, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(l)) for l in range(SMALL["n_layer"])]
+    kw = random_inputs(
+        batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=7, token_types=True, perm=True, num_predict=3
+    )
+    mems = [
+        torch.randn(2, 4, SMALL["d_model"], generator=torch.Generator().manual_seed(layer))
+        for layer in range(SMALL["n_layer"])
+    ]
     targets = torch.randint(0, SMALL["vocab_size"], (2, 3), generator=torch.Generator().manual_seed(8))
 
     def loss_and_grads():
@@ -180,7 +191,9 @@ def test_fast_path_with_dropout_has_autograds_loss_and_gradients(monkeypatch):
         torch.manual_seed(11)
         loss = plm_loss(model(**kw, mems=mems).logits, targets, torch.ones(2, 3))
         loss.backward()
-        return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), {
+            name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+        }
 
     loss, ours = loss_and_grads()
     monkeypatch.setattr(ProbsDropoutValues, "apply", plain_probs_dropout_values)
@@ -234,8 +247,9 @@ def test_fast_path_matches_transformers():
 def test_fast_path_is_sensitive_to_the_segment_and_position_terms():
     """The comparison can fail: change s_- or W_{k,R} on the fast twin only and it must show."""
     readable = random_lm(mem_len=6)
-    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=1, token_types=True, perm=True,
-                       num_predict=3)
+    kw = random_inputs(
+        batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=1, token_types=True, perm=True, num_predict=3
+    )
     for name in ("seg_embed", "r"):
         fast = fast_twin(readable)
         with torch.no_grad():
@@ -248,8 +262,9 @@ def test_fully_masked_rows_stay_finite_in_float16():
     Both paths set masked scores to -65500 in float16 (subtracting would overflow to -inf and give NaN)."""
     readable = random_lm(attn_type="uni", mem_len=0, std=0.5, dtype=torch.float16)
     fast = fast_twin(readable)
-    kw = random_inputs(batch=2, seq_len=6, vocab_size=SMALL["vocab_size"], seed=2, token_types=True, perm=True,
-                       num_predict=6)
+    kw = random_inputs(
+        batch=2, seq_len=6, vocab_size=SMALL["vocab_size"], seed=2, token_types=True, perm=True, num_predict=6
+    )
     kw["target_mapping"] = torch.eye(6).expand(2, 6, 6).to(torch.float16)  # position 0 is a target
     kw["perm_mask"] = kw["perm_mask"].to(torch.float16)
     a, b = fast(**kw).logits, readable(**kw).logits
@@ -286,8 +301,9 @@ def test_the_fast_classes_have_the_readable_parameters_and_switch_both_ways():
 def test_fast_path_with_dropout_equals_readable_in_eval_mode_and_differs_in_train_mode():
     readable = random_lm(mem_len=6, dropout=0.3)
     fast = fast_twin(readable)
-    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=4, token_types=True, perm=True,
-                       num_predict=3)
+    kw = random_inputs(
+        batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=4, token_types=True, perm=True, num_predict=3
+    )
     assert rel_err(fast(**kw).logits, readable(**kw).logits) <= 1e-5  # eval mode: no dropout
     fast.train()
     assert rel_err(fast(**kw).logits, readable(**kw).logits) > 1e-3  # the dropout is really applied
@@ -298,8 +314,11 @@ def test_skipping_the_last_content_stream_keeps_logits_mems_and_gradients():
     not computed; logits, memories, loss and gradients are those of the full forward."""
     full = fast_twin(random_lm(mem_len=6, bi_data=True)).train()
     skipping = copy.deepcopy(full)
-    kw = with_padding_target(random_inputs(batch=4, seq_len=7, vocab_size=SMALL["vocab_size"], seed=6,
-                                           token_types=True, perm=True, num_predict=3))
+    kw = with_padding_target(
+        random_inputs(
+            batch=4, seq_len=7, vocab_size=SMALL["vocab_size"], seed=6, token_types=True, perm=True, num_predict=3
+        )
+    )
     weights = (kw["target_mapping"].sum(-1) > 0).float()
     targets = torch.randint(0, SMALL["vocab_size"], (4, 3), generator=torch.Generator().manual_seed(1))
     a, b = full(**kw), skipping(**kw, content_output=False)
@@ -330,8 +349,17 @@ def test_residual_dropout_and_the_feed_forwards_inner_dropout_have_nn_dropouts_d
         ff.train()
         # isolate the inner dropout: mean of layer_2(dropout(inner)) over many draws, without the outer one
         inner = ff.activation(ff.layer_1(x))
-        draws = torch.stack([torch.addmm(ff.layer_2.bias, (inner * keep_mask(inner, 0.3, True)).flatten(0, -2),
-                                         ff.layer_2.weight.t(), alpha=1 / 0.7) for _ in range(3000)]).mean(0)
+        draws = torch.stack(
+            [
+                torch.addmm(
+                    ff.layer_2.bias,
+                    (inner * keep_mask(inner, 0.3, True)).flatten(0, -2),
+                    ff.layer_2.weight.t(),
+                    alpha=1 / 0.7,
+                )
+                for _ in range(3000)
+            ]
+        ).mean(0)
         assert rel_err(draws.view_as(plain), plain) < 0.05
         assert feed_forward(ff, x).shape == x.shape
 
@@ -342,8 +370,9 @@ def test_tied_embedding_gradient_is_dense_and_equal_without_the_logits():
     gradient equal to the readable path's, and hooks on word_embedding still see the lookup."""
     readable = random_lm(mem_len=6).train()  # dropout 0
     fast = fast_twin(readable)
-    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=8, token_types=True, perm=True,
-                       num_predict=3)
+    kw = random_inputs(
+        batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=8, token_types=True, perm=True, num_predict=3
+    )
     seen = []
     fast.transformer.word_embedding.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
     for model in (readable, fast):
@@ -354,8 +383,9 @@ def test_tied_embedding_gradient_is_dense_and_equal_without_the_logits():
     assert rel_err(grad_fast, readable.transformer.word_embedding.weight.grad) <= 1e-5
     assert not fast.transformer.word_embedding.sparse  # at rest a dense embedding (DDP inspects the flag)
     # the lookup the fast path makes really has a sparse gradient (this test would pass without it otherwise)
-    (lookup_grad,) = torch.autograd.grad(fast.transformer.embed_words(kw["input_ids"]).sum(),
-                                         fast.transformer.word_embedding.weight)
+    (lookup_grad,) = torch.autograd.grad(
+        fast.transformer.embed_words(kw["input_ids"]).sum(), fast.transformer.word_embedding.weight
+    )
     assert lookup_grad.is_sparse
 
 
@@ -381,9 +411,13 @@ def test_tied_gradients_are_added_in_place(monkeypatch):
             loss.backward()
         grad = fast.transformer.word_embedding.weight.grad
         assert not grad.is_sparse and rel_err(grad, readable.transformer.word_embedding.weight.grad) <= 1e-5
-        return [e.key for e in prof.key_averages(group_by_input_shape=True)
-                if e.key in ("aten::copy_", "aten::add") and e.input_shapes[:2] == [matrix, matrix]
-                and len(e.input_shapes) == 3]  # add(a, b, alpha) or copy_(dst, src, non_blocking); not add.out
+        return [
+            e.key
+            for e in prof.key_averages(group_by_input_shape=True)
+            if e.key in ("aten::copy_", "aten::add")
+            and e.input_shapes[:2] == [matrix, matrix]
+            and len(e.input_shapes) == 3
+        ]  # add(a, b, alpha) or copy_(dst, src, non_blocking); not add.out
 
     assert out_of_place_matrix_ops() == []
     monkeypatch.setattr(model_module.TiedHead, "apply", torch.nn.functional.linear)

@@ -52,9 +52,9 @@ def test_next_positive_b_continues_a_and_segments_are_a_then_b():
         real = row[row != TOK.pad_id]
         seps = (real == TOK.sep_id).nonzero().flatten().tolist()
         assert len(seps) == 2
-        a, b = TOK.decode(real[: seps[0]]), TOK.decode(real[seps[0] + 1: seps[1]])
+        a, b = TOK.decode(real[: seps[0]]), TOK.decode(real[seps[0] + 1 : seps[1]])
         t = types[row != TOK.pad_id]
-        assert (t[: seps[0] + 1] == 0).all() and (t[seps[0] + 1: seps[1] + 1] == 1).all()
+        assert (t[: seps[0] + 1] == 0).all() and (t[seps[0] + 1 : seps[1] + 1] == 1).all()
         if label == 1:
             from xlnet_ref.training.finetune_data import stdlib_docstrings
 
@@ -66,9 +66,9 @@ def test_span_answers_are_passage_words_found_by_the_question():
     ex = task_examples("span", "held_out", 30)
     for i in range(len(ex)):
         s, e = int(ex.start_positions[i]), int(ex.end_positions[i])
-        answer = TOK.decode(ex.input_ids[i, s: e + 1])
+        answer = TOK.decode(ex.input_ids[i, s : e + 1])
         assert answer.isidentifier() and len(answer) >= 3
-        assert (ex.p_mask[i, s: e + 1] == 0).all() and (ex.token_type_ids[i, s: e + 1] == 0).all()
+        assert (ex.p_mask[i, s : e + 1] == 0).all() and (ex.token_type_ids[i, s : e + 1] == 0).all()
         assert ex.p_mask[i, -1] == 1  # CLS is never an answer
         passage_and_question = TOK.decode(ex.input_ids[i])
         question = passage_and_question.split("?")[0].rsplit(chr(0xFFFD), 1)[-1]
@@ -114,8 +114,9 @@ def test_span_f1():
 
 # ------------------------------------------------------------------------------------------ loop
 def micro_config(task="topic", **kw) -> FinetuneConfig:
-    base = dict(task=task, model=MICRO, steps=6, warmup_steps=2, batch_size=8, n_train=24, n_eval=16, eval_every=3,
-                device="cpu")
+    base = dict(
+        task=task, model=MICRO, steps=6, warmup_steps=2, batch_size=8, n_train=24, n_eval=16, eval_every=3, device="cpu"
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -161,8 +162,25 @@ def test_pretrained_init_copies_the_backbone_and_keeps_the_head_of_scratch(tmp_p
 
 def test_cli_runs_writes_metrics_and_refuses_a_used_folder(tmp_path, capsys):
     out = tmp_path / "ft"
-    args = ["--task", "topic", "--from", "scratch", "--steps", "2", "--batch-size", "8", "--n-train", "16",
-            "--n-eval", "9", "--out", str(out), "--no-progress", "--device", "cpu"]
+    args = [
+        "--task",
+        "topic",
+        "--from",
+        "scratch",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--n-train",
+        "16",
+        "--n-eval",
+        "9",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "held-out accuracy" in printed and (out / "metrics.json").is_file()
@@ -178,9 +196,19 @@ def test_experiment_compares_the_two_arms_on_the_same_head(tmp_path, monkeypatch
     from xlnet_ref.experiments import finetune as experiment
 
     monkeypatch.setattr(experiment, "RUNS", tmp_path / "runs")
-    monkeypatch.setitem(experiment.SIZES, "quick", dict(
-        seeds=[0, 1], tasks=("topic",), pretrain_steps=2, pretrain_run="pre",
-        finetune=dict(steps=2, batch_size=8, n_train=16, n_eval=9, learning_rate=1e-3, warmup_steps=1, eval_every=0)))
+    monkeypatch.setitem(
+        experiment.SIZES,
+        "quick",
+        dict(
+            seeds=[0, 1],
+            tasks=("topic",),
+            pretrain_steps=2,
+            pretrain_run="pre",
+            finetune=dict(
+                steps=2, batch_size=8, n_train=16, n_eval=9, learning_rate=1e-3, warmup_steps=1, eval_every=0
+            ),
+        ),
+    )
     out = experiment.run("quick", write=False, log=None)
     assert [row["seed"] for row in out["per_seed"]] == [0, 1]
     assert set(out["per_seed"][0]) == {"seed", "topic/pretrained/accuracy", "topic/scratch/accuracy"}

@@ -64,8 +64,14 @@ def within_case_tolerance(name, expected, actual, case) -> bool:
     """The golden comparison rule itself (compare.compare_stage), with the case's tolerances."""
     if not expected.dtype.is_floating_point:
         return torch.equal(expected, actual)
-    result = compare_stage(name, expected.numpy(), actual.numpy(), rtol=case.tolerances["rtol"],
-                           atol=case.tolerances["atol"], huge=huge_threshold(case.dtype))
+    result = compare_stage(
+        name,
+        expected.numpy(),
+        actual.numpy(),
+        rtol=case.tolerances["rtol"],
+        atol=case.tolerances["atol"],
+        huge=huge_threshold(case.dtype),
+    )
     return not result.failed
 
 
@@ -78,8 +84,12 @@ def test_regenerating_from_the_seeds_gives_the_committed_files_within_tolerance(
     fresh = {c.name: c for c in read_cases(regenerated)}
     for case in committed:
         new = fresh[case.name]
-        assert (new.config, new.dtype, new.tolerances, new.gradients) == \
-            (case.config, case.dtype, case.tolerances, case.gradients), case.name
+        assert (new.config, new.dtype, new.tolerances, new.gradients) == (
+            case.config,
+            case.dtype,
+            case.tolerances,
+            case.gradients,
+        ), case.name
         assert bool(new.expect_error) == bool(case.expect_error), case.name
         assert list(new.expected) == list(case.expected), case.name
         for group in ("weights", "inputs", "expected"):
@@ -122,8 +132,11 @@ def test_golden_check_fails_on_a_changed_stage(tmp_path, capsys, factor):
     edit_tensor(directory, "memory", "stages/layer1.content.bd", lambda t: t * factor)
     assert golden_main(["check", "--dir", str(directory)]) == 1
     out = capsys.readouterr().out
-    verdicts = [line.split()[:2] for line in out.splitlines() if line[:1].isalpha() and line.split()[0] in
-                {s.name for s in SPECS}]
+    verdicts = [
+        line.split()[:2]
+        for line in out.splitlines()
+        if line[:1].isalpha() and line.split()[0] in {s.name for s in SPECS}
+    ]
     assert [name for name, verdict in verdicts if verdict == "FAIL"] == ["memory"]
     assert len(verdicts) == len(SPECS)
     assert "layer1.content.bd" in out and out.splitlines()[-1].startswith("FAILED: ")
@@ -172,8 +185,18 @@ def test_manifest_and_tensors_readable_without_torch(committed):
     assert manifest["format"] == "xlnet_ref-golden" and manifest["format_version"] == 1
     by_name = {c.name: c for c in committed}
     for entry in manifest["cases"]:
-        assert {"name", "description", "file", "dtype", "config", "tolerances", "expect_error", "gradients",
-                "inputs", "stages"} <= entry.keys()
+        assert {
+            "name",
+            "description",
+            "file",
+            "dtype",
+            "config",
+            "tolerances",
+            "expect_error",
+            "gradients",
+            "inputs",
+            "stages",
+        } <= entry.keys()
         arrays = read_safetensors_by_hand(DEFAULT_DIR / entry["file"])
         weights = [k for k in arrays if k.startswith("weights/")]
         assert "weights/lm_loss.weight" in weights and "weights/transformer.layer.0.rel_attn.q" in weights
@@ -247,8 +270,9 @@ def cli_error(capsys, directory) -> list[str]:
 
 
 def test_missing_or_empty_folder(tmp_path, capsys):
-    assert "golden folder" in cli_error(capsys, tmp_path / "nowhere") and "no such folder" in \
-        cli_error(capsys, tmp_path / "nowhere")
+    assert "golden folder" in cli_error(capsys, tmp_path / "nowhere") and "no such folder" in cli_error(
+        capsys, tmp_path / "nowhere"
+    )
     (tmp_path / "empty").mkdir()
     line = cli_error(capsys, tmp_path / "empty")
     assert "manifest.json: no such file" in line

@@ -11,8 +11,8 @@ import itertools
 
 import pytest
 import torch
-
 from helpers import SMALL, rel_err
+
 from xlnet_ref.heads import (
     HeadConfig,
     SequenceSummary,
@@ -28,8 +28,9 @@ from xlnet_ref.interop import from_hf, mems_from_hf, mems_to_hf, to_hf
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def random_head(cls, head: HeadConfig | None = None, *, seed: int = 0, std: float = 0.3, dtype=torch.float32,
-                **overrides):
+def random_head(
+    cls, head: HeadConfig | None = None, *, seed: int = 0, std: float = 0.3, dtype=torch.float32, **overrides
+):
     """A head whose every weight is drawn N(0, std) (LayerNorm weights around 1): each term moves the output."""
     from xlnet_ref import XLNetConfig
 
@@ -52,7 +53,7 @@ def pair_inputs(*, batch: int, seq_len: int, seed: int, padding: bool = True, dt
         pad = int(torch.randint(0, seq_len // 3 + 1, (1,), generator=g)) if padding else 0
         real = seq_len - pad
         len_a = int(torch.randint(1, real - 3, (1,), generator=g))  # A, SEP | B, SEP | CLS
-        token_type_ids[b, pad + len_a + 1:] = 1
+        token_type_ids[b, pad + len_a + 1 :] = 1
         token_type_ids[b, -1] = 2
         attention_mask[b, :pad] = 0
     return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
@@ -98,11 +99,19 @@ DTYPES = [torch.float32, torch.float64]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("summary_type, use_proj, activation", SUMMARIES,
-                         ids=[f"{t}-{'proj' if p else 'noproj'}-{a}" for t, p, a in SUMMARIES])
+@pytest.mark.parametrize(
+    "summary_type, use_proj, activation",
+    SUMMARIES,
+    ids=[f"{t}-{'proj' if p else 'noproj'}-{a}" for t, p, a in SUMMARIES],
+)
 def test_sequence_classification_matches_transformers(summary_type, use_proj, activation, dtype):
-    head = HeadConfig(num_labels=3, summary_type=summary_type, summary_use_proj=use_proj, summary_activation=activation,
-                      summary_first_dropout=0.2)
+    head = HeadConfig(
+        num_labels=3,
+        summary_type=summary_type,
+        summary_use_proj=use_proj,
+        summary_activation=activation,
+        summary_first_dropout=0.2,
+    )
     ours = random_head(XLNetForSequenceClassification, head, dtype=dtype)
     kws = []
     for call in range(3):
@@ -257,10 +266,13 @@ def test_best_span_picks_the_highest_joint_probability_with_start_before_end():
     """Hand-made beam: the best pair by p_s * p_e has end < start and must be skipped."""
     from xlnet_ref.heads import XLNetHeadOutput
 
-    out = XLNetHeadOutput(start_top_log_probs=torch.tensor([[0.6, 0.3]]), start_top_index=torch.tensor([[5, 2]]),
-                          # [e, t] flattened end-major: (e0,t0) (e0,t1) (e1,t0) (e1,t1)
-                          end_top_log_probs=torch.tensor([[0.9, 0.5, 0.1, 0.4]]),
-                          end_top_index=torch.tensor([[3, 4, 6, 2]]))
+    out = XLNetHeadOutput(
+        start_top_log_probs=torch.tensor([[0.6, 0.3]]),
+        start_top_index=torch.tensor([[5, 2]]),
+        # [e, t] flattened end-major: (e0,t0) (e0,t1) (e1,t0) (e1,t1)
+        end_top_log_probs=torch.tensor([[0.9, 0.5, 0.1, 0.4]]),
+        end_top_index=torch.tensor([[3, 4, 6, 2]]),
+    )
     start, end = best_span(out, start_n_top=2, end_n_top=2)
     # (5,3) has 0.54 but end < start; (2,4): 0.15; (5,6): 0.06; (2,2): 0.12
     assert start.tolist() == [2] and end.tolist() == [4]
@@ -274,8 +286,12 @@ def test_gradients_of_every_parameter_match():
             m.p = 0.0
     hf = to_hf(ours).train()
     kw = qa_inputs(batch=3, seq_len=10, seed=80)
-    kw.update(start_positions=torch.tensor([3, 5, 7]), end_positions=torch.tensor([4, 5, 8]),
-              cls_index=torch.tensor([9, 9, 9]), is_impossible=torch.tensor([0.0, 1.0, 0.0]))
+    kw.update(
+        start_positions=torch.tensor([3, 5, 7]),
+        end_positions=torch.tensor([4, 5, 8]),
+        cls_index=torch.tensor([9, 9, 9]),
+        is_impossible=torch.tensor([0.0, 1.0, 0.0]),
+    )
     mems = [torch.randn(3, 4, SMALL["d_model"]) for _ in range(SMALL["n_layer"])]
     ours(**kw, mems=mems).loss.backward()
     hf(**kw, mems=mems_to_hf(mems)).loss.backward()
@@ -296,12 +312,27 @@ def test_gradients_of_every_parameter_match():
     assert checked > 40
 
 
-@pytest.mark.parametrize("cls", [XLNetForSequenceClassification, XLNetForTokenClassification, XLNetForMultipleChoice,
-                                 XLNetForQuestionAnsweringSimple, XLNetForQuestionAnswering],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls",
+    [
+        XLNetForSequenceClassification,
+        XLNetForTokenClassification,
+        XLNetForMultipleChoice,
+        XLNetForQuestionAnsweringSimple,
+        XLNetForQuestionAnswering,
+    ],
+    ids=lambda c: c.__name__,
+)
 def test_round_trip_is_bit_exact_for_every_head(cls):
-    head = HeadConfig(num_labels=2, summary_type="mean", summary_activation="linear", summary_last_dropout=0.0,
-                      summary_first_dropout=0.3, start_n_top=4, end_n_top=3)
+    head = HeadConfig(
+        num_labels=2,
+        summary_type="mean",
+        summary_activation="linear",
+        summary_last_dropout=0.0,
+        summary_first_dropout=0.3,
+        start_n_top=4,
+        end_n_top=3,
+    )
     ours = random_head(cls, head)
     hf = to_hf(ours)
     assert type(hf).__name__ == cls.__name__
@@ -330,14 +361,17 @@ def test_from_hf_reads_transformers_default_head_config():
 
 
 # ---------------------------------------------------------------------- the check can fail
-@pytest.mark.parametrize("cls, tensor", [
-    (XLNetForSequenceClassification, "sequence_summary.summary.weight"),
-    (XLNetForMultipleChoice, "logits_proj.weight"),
-    (XLNetForTokenClassification, "classifier.bias"),
-    (XLNetForQuestionAnsweringSimple, "qa_outputs.weight"),
-    (XLNetForQuestionAnswering, "answer_class.dense_1.weight"),
-    (XLNetForQuestionAnswering, "end_logits.LayerNorm.weight"),
-])
+@pytest.mark.parametrize(
+    "cls, tensor",
+    [
+        (XLNetForSequenceClassification, "sequence_summary.summary.weight"),
+        (XLNetForMultipleChoice, "logits_proj.weight"),
+        (XLNetForTokenClassification, "classifier.bias"),
+        (XLNetForQuestionAnsweringSimple, "qa_outputs.weight"),
+        (XLNetForQuestionAnswering, "answer_class.dense_1.weight"),
+        (XLNetForQuestionAnswering, "end_logits.LayerNorm.weight"),
+    ],
+)
 def test_parity_detects_one_perturbed_head_weight(cls, tensor):
     ours = random_head(cls)
     param = dict(ours.named_parameters())[tensor]
@@ -349,10 +383,16 @@ def test_parity_detects_one_perturbed_head_weight(cls, tensor):
     if cls is XLNetForMultipleChoice:
         kw = {k: v.view(2, 2, 8) for k, v in pair_inputs(batch=4, seq_len=8, seed=1).items()}
     else:
-        kw = qa_inputs(batch=3, seq_len=10, seed=1) if cls is XLNetForQuestionAnswering else pair_inputs(batch=3, seq_len=10, seed=1)
+        kw = (
+            qa_inputs(batch=3, seq_len=10, seed=1)
+            if cls is XLNetForQuestionAnswering
+            else pair_inputs(batch=3, seq_len=10, seed=1)
+        )
     out_ours, out_hf = ours(**kw), hf(**kw)
-    fields = {XLNetForQuestionAnsweringSimple: ["start_logits", "end_logits"],
-              XLNetForQuestionAnswering: ["start_top_log_probs", "end_top_log_probs", "cls_logits"]}.get(cls, ["logits"])
+    fields = {
+        XLNetForQuestionAnsweringSimple: ["start_logits", "end_logits"],
+        XLNetForQuestionAnswering: ["start_top_log_probs", "end_top_log_probs", "cls_logits"],
+    }.get(cls, ["logits"])
     err = max(rel_err(getattr(out_ours, f), getattr(out_hf, f)) for f in fields)
     assert err > 1e-5, f"a perturbed {tensor} went unnoticed (error {err:.1e})"
 

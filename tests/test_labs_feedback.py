@@ -50,8 +50,9 @@ def test_compare_names_the_known_mistake_the_answer_equals_else_the_fallback():
     with pytest.raises(feedback.LabCheckFailed, match="hint: you added one"):
         feedback.compare("f", wrong, expected, case="c", known_mistakes={"other": -wrong, "you added one": wrong})
     with pytest.raises(feedback.LabCheckFailed, match="hint: look again"):
-        feedback.compare("f", 2 * wrong, expected, case="c", known_mistakes={"you added one": wrong},
-                         otherwise="look again")
+        feedback.compare(
+            "f", 2 * wrong, expected, case="c", known_mistakes={"you added one": wrong}, otherwise="look again"
+        )
     with pytest.raises(feedback.LabCheckFailed, match=r"shape: expected \[3\], got \[4\]"):
         feedback.compare("f", torch.zeros(4), expected, case="c")
 
@@ -72,13 +73,18 @@ def test_call_turns_a_stub_and_a_crash_into_feedback():
 def test_rel_shift_checks_pass_the_library_and_its_naive_twin():
     graders.check_rel_shift_by_index(relative_position.rel_shift_naive)
     graders.check_rel_shift_by_reshape(relative_position.rel_shift)
-    graders.check_sinusoid_table(lambda p, d: relative_position.sinusoid_embedding(p, relative_position.inverse_frequencies(d)))
+    graders.check_sinusoid_table(
+        lambda p, d: relative_position.sinusoid_embedding(p, relative_position.inverse_frequencies(d))
+    )
 
 
-@pytest.mark.parametrize("mutant, hint", [
-    ("no_rel_shift", "no shift"),
-    ("transformer_xl_rel_shift", "Transformer-XL's zero-pad rel_shift"),
-])
+@pytest.mark.parametrize(
+    "mutant, hint",
+    [
+        ("no_rel_shift", "no shift"),
+        ("transformer_xl_rel_shift", "Transformer-XL's zero-pad rel_shift"),
+    ],
+)
 def test_rel_shift_check_names_the_mutants(mutant, hint):
     text = failure(graders.check_rel_shift_by_reshape, mutant_function(mutant, attention, "rel_shift"))
     assert hint in text and "expected [3, 3]" in text
@@ -103,10 +109,14 @@ def test_needed_distances_names_the_unused_row():
 
 
 def test_cache_memory_check_passes_the_library_and_catches_the_missing_stop_gradient():
-    graders.check_cache_memory(lambda h, p, mem_len, reuse_len: memory.cache_mem(h, p, mem_len=mem_len, reuse_len=reuse_len))
+    graders.check_cache_memory(
+        lambda h, p, mem_len, reuse_len: memory.cache_mem(h, p, mem_len=mem_len, reuse_len=reuse_len)
+    )
     undetached = mutant_function("memory_not_detached", model_module, "cache_mem")
-    text = failure(graders.check_cache_memory,
-                   lambda h, p, mem_len, reuse_len: undetached(h, p, mem_len=mem_len, reuse_len=reuse_len))
+    text = failure(
+        graders.check_cache_memory,
+        lambda h, p, mem_len, reuse_len: undetached(h, p, mem_len=mem_len, reuse_len=reuse_len),
+    )
     assert "stop-gradient SG(.) is missing" in text
 
 
@@ -131,16 +141,23 @@ def library_masks(order, cut):
 def test_mask_checks_pass_the_library_and_name_the_swapped_stream_masks():
     graders.check_query_mask(lambda o, c: library_masks(o, c).perm_mask)
     graders.check_content_mask(lambda o, c: library_masks(o, c).content_mask)
-    assert "must not see its own token" in failure(graders.check_query_mask, lambda o, c: library_masks(o, c).content_mask)
+    assert "must not see its own token" in failure(
+        graders.check_query_mask, lambda o, c: library_masks(o, c).content_mask
+    )
     assert "you masked the content stream's own token" in failure(
-        graders.check_content_mask, lambda o, c: library_masks(o, c).perm_mask)
+        graders.check_content_mask, lambda o, c: library_masks(o, c).perm_mask
+    )
     assert "sign is flipped" in failure(graders.check_query_mask, lambda o, c: 1 - library_masks(o, c).perm_mask)
 
 
 def test_target_mapping_check_passes_the_library():
     def mapping(order, cut, num_predict):
-        return library_masks(order, cut) and permutation.target_mapping_for(
-            library_masks(order, cut).target_mapping.sum(0) > 0, num_predict=num_predict)[0]
+        return (
+            library_masks(order, cut)
+            and permutation.target_mapping_for(
+                library_masks(order, cut).target_mapping.sum(0) > 0, num_predict=num_predict
+            )[0]
+        )
 
     graders.check_target_mapping(mapping)
 

@@ -80,11 +80,18 @@ def test_the_checks_fail_on_planted_violations():
     model = PACKAGE / "model.py"
     planted = model.read_text() + "\nfrom .fast import attention as _unused\n"
     assert layering_violations(model, planted) == ["model.py imports xlnet_ref.fast"]
-    assert layering_violations(model, "from xlnet_ref.training import train\n") == ["model.py imports xlnet_ref.training"]
+    assert layering_violations(model, "from xlnet_ref.training import train\n") == [
+        "model.py imports xlnet_ref.training"
+    ]
     fast_model = PACKAGE / "fast" / "model.py"
-    assert layering_violations(fast_model, "from ..validation import cases\n") == ["fast/model.py imports xlnet_ref.validation"]
+    assert layering_violations(fast_model, "from ..validation import cases\n") == [
+        "fast/model.py imports xlnet_ref.validation"
+    ]
     assert layering_violations(fast_model, "from .. import model\nfrom .attention import attend\n") == []
-    assert forbidden_tokens(model, "if torch.compiler.is_compiling():\n    pass\n") == ["torch.compiler", "is_compiling"]
+    assert forbidden_tokens(model, "if torch.compiler.is_compiling():\n    pass\n") == [
+        "torch.compiler",
+        "is_compiling",
+    ]
     assert forbidden_tokens(model, "fast = cfg.implementation == 'fast'\n") == ["an implementation switch"]
     assert forbidden_tokens(model, "h = feed_forward_fast(ff, h)\n") == ["a *_fast / fast_* name"]
 

@@ -23,7 +23,10 @@ def test_same_length_every_query_sees_mlen_plus_one_keys():
 
 
 def test_bi_without_data_masks_has_no_mask():
-    assert attention_masks(qlen=3, mlen=2, attn_type="bi", same_length=False, input_mask=None, perm_mask=None) == (None, None)
+    assert attention_masks(qlen=3, mlen=2, attn_type="bi", same_length=False, input_mask=None, perm_mask=None) == (
+        None,
+        None,
+    )
 
 
 def test_query_stream_never_sees_itself_content_stream_always_does():
@@ -34,8 +37,9 @@ def test_query_stream_never_sees_itself_content_stream_always_does():
     pad = torch.zeros(b, qlen, dtype=torch.bool)
     pad[1, :2] = True
     for attn_type in ("bi", "uni"):
-        attn_mask, non_tgt = attention_masks(qlen=qlen, mlen=mlen, attn_type=attn_type, same_length=False,
-                                             input_mask=pad, perm_mask=perm)
+        attn_mask, non_tgt = attention_masks(
+            qlen=qlen, mlen=mlen, attn_type=attn_type, same_length=False, input_mask=pad, perm_mask=perm
+        )
         attn_mask = attn_mask.expand(b, -1, -1)
         for bb, i, j in itertools.product(range(b), range(qlen), range(qlen + mlen)):
             hidden = j >= mlen and (bool(perm[bb, i, j - mlen]) or bool(pad[bb, j - mlen]))

@@ -1,8 +1,8 @@
 """Segment-level recurrence memory: what is cached, how much, and that the gradient stops there."""
 
 import torch
-
 from helpers import SMALL, random_inputs, random_lm
+
 from xlnet_ref.memory import cache_mem
 
 

@@ -3,7 +3,6 @@ and float16 attention rows with every key masked, at weight scales far above the
 
 import pytest
 import torch
-
 from helpers import SMALL, random_lm
 
 B, T = 2, 5
@@ -29,7 +28,9 @@ def test_int32_ids_give_the_same_logits(model):
 def test_mems_of_another_dtype_are_named(model):
     ids = torch.randint(0, SMALL["vocab_size"], (B, T))
     mems = [torch.zeros(B, 3, SMALL["d_model"], dtype=torch.float64) for _ in range(SMALL["n_layer"])]
-    with pytest.raises(ValueError, match=r"mems\[0\]: expected the model's dtype torch.float32.*got dtype torch.float64"):
+    with pytest.raises(
+        ValueError, match=r"mems\[0\]: expected the model's dtype torch.float32.*got dtype torch.float64"
+    ):
         model(ids, mems=mems)
 
 
@@ -37,7 +38,9 @@ def test_mems_of_another_dtype_are_named(model):
 def test_tensors_on_another_device_are_named(model, which):
     """The meta device stands for any device other than the model's (a GPU, another GPU)."""
     ids = torch.randint(0, SMALL["vocab_size"], (B, T))
-    kw = dict(perm_mask=torch.zeros(B, T, T), mems=[torch.zeros(B, 3, SMALL["d_model"]) for _ in range(SMALL["n_layer"])])
+    kw = dict(
+        perm_mask=torch.zeros(B, T, T), mems=[torch.zeros(B, 3, SMALL["d_model"]) for _ in range(SMALL["n_layer"])]
+    )
     if which == "input_ids":
         ids = ids.to("meta")
     elif which == "perm_mask":
@@ -68,5 +71,6 @@ def test_float16_fully_masked_row_stays_finite_at_large_weight_scales(std):
     ref_trace = {}
     model.float()(ids, perm_mask=perm_mask, target_mapping=target_mapping, trace=ref_trace)
     seen = [0, 1, 3, 4]
-    torch.testing.assert_close(trace["layer0.query.prob"][:, :, seen].float(), ref_trace["layer0.query.prob"][:, :, seen],
-                               rtol=0, atol=2e-2)
+    torch.testing.assert_close(
+        trace["layer0.query.prob"][:, :, seen].float(), ref_trace["layer0.query.prob"][:, :, seen], rtol=0, atol=2e-2
+    )

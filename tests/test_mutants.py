@@ -46,7 +46,6 @@ ORIGINALS = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def golden():
     return read_cases(DEFAULT_DIR)

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import random_lm
+
 from xlnet_ref.attention import attention_naive
 from xlnet_ref.masks import attention_masks
 from xlnet_ref.relative_position import relative_positional_encoding
@@ -35,9 +35,12 @@ def _layer_setup(attn_type, *, bi_data=False, mlen=3, qlen=5, b=2, seed=0):
     mem = torch.randn(b, mlen, 32, generator=g)
     perm = torch.rand(b, qlen, qlen, generator=g) < 0.4
     tt = torch.randint(0, 3, (b, qlen), generator=g)
-    attn_mask, non_tgt = attention_masks(qlen=qlen, mlen=mlen, attn_type=attn_type, same_length=False,
-                                         input_mask=None, perm_mask=perm, device=None)
-    pos_emb = relative_positional_encoding(qlen, qlen + mlen, d_model=32, attn_type=attn_type, bi_data=bi_data, clamp_len=-1)
+    attn_mask, non_tgt = attention_masks(
+        qlen=qlen, mlen=mlen, attn_type=attn_type, same_length=False, input_mask=None, perm_mask=perm, device=None
+    )
+    pos_emb = relative_positional_encoding(
+        qlen, qlen + mlen, d_model=32, attn_type=attn_type, bi_data=bi_data, clamp_len=-1
+    )
     return model, layer, h, mem, pos_emb, attn_mask, non_tgt, segment_difference(tt, mlen)
 
 
@@ -45,11 +48,31 @@ def _layer_setup(attn_type, *, bi_data=False, mlen=3, qlen=5, b=2, seed=0):
 def test_content_stream_equals_naive_loops(attn_type, bi_data):
     model, layer, h, mem, pos_emb, _, non_tgt, seg_diff = _layer_setup(attn_type, bi_data=bi_data)
     k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)
-    fast, _, _, _ = two_stream_attention(layer.rel_attn, h, None, mem, k_r, seg_diff=seg_diff, attn_mask=None,
-                                         non_tgt_mask=non_tgt, target_pos=None, target_valid=None, **model.layer_biases(1))
+    fast, _, _, _ = two_stream_attention(
+        layer.rel_attn,
+        h,
+        None,
+        mem,
+        k_r,
+        seg_diff=seg_diff,
+        attn_mask=None,
+        non_tgt_mask=non_tgt,
+        target_pos=None,
+        target_valid=None,
+        **model.layer_biases(1),
+    )
     qlen = h.shape[1]
-    naive = attention_naive(layer.rel_attn, h, torch.cat([mem, h], 1), pos_emb, seg_diff=seg_diff, mask=non_tgt,
-                            query_pos=torch.arange(qlen).expand(h.shape[0], -1), qlen=qlen, **model.layer_biases(1))
+    naive = attention_naive(
+        layer.rel_attn,
+        h,
+        torch.cat([mem, h], 1),
+        pos_emb,
+        seg_diff=seg_diff,
+        mask=non_tgt,
+        query_pos=torch.arange(qlen).expand(h.shape[0], -1),
+        qlen=qlen,
+        **model.layer_biases(1),
+    )
     assert torch.allclose(fast, naive, atol=1e-5)
 
 
@@ -63,10 +86,22 @@ def test_query_stream_at_targets_equals_transformers_scatter(attn_type):
     g = torch.randn(b, 4, 32)
     k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)
     pos, valid = target_positions(tm)
-    _, fast, _, _ = two_stream_attention(layer.rel_attn, h, g, mem, k_r, seg_diff=seg_diff, attn_mask=attn_mask,
-                                         non_tgt_mask=non_tgt, target_pos=pos, target_valid=valid, **model.layer_biases(1))
-    slow = query_stream_scatter(layer.rel_attn, g, h, mem, k_r, tm, seg_diff=seg_diff, attn_mask=attn_mask,
-                                **model.layer_biases(1))
+    _, fast, _, _ = two_stream_attention(
+        layer.rel_attn,
+        h,
+        g,
+        mem,
+        k_r,
+        seg_diff=seg_diff,
+        attn_mask=attn_mask,
+        non_tgt_mask=non_tgt,
+        target_pos=pos,
+        target_valid=valid,
+        **model.layer_biases(1),
+    )
+    slow = query_stream_scatter(
+        layer.rel_attn, g, h, mem, k_r, tm, seg_diff=seg_diff, attn_mask=attn_mask, **model.layer_biases(1)
+    )
     assert torch.allclose(fast, slow, atol=1e-5)
     # the padding target received no attention: its output is LayerNorm(g)
     assert torch.allclose(fast[0, 3], layer.rel_attn.layer_norm(g[0, 3]), atol=1e-6)

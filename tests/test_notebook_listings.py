@@ -48,4 +48,5 @@ def test_saved_listings_match_the_code(notebook):
             assert match and int(match.group(1)) == first + offset, f"{where}: line {offset} is not numbered"
             assert match.group(2) == source[first - 1 + offset], (
                 f"{where}: line {first + offset} is now {source[first - 1 + offset]!r}, the notebook shows "
-                f"{match.group(2)!r}; re-run that cell")
+                f"{match.group(2)!r}; re-run that cell"
+            )

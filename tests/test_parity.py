@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import SMALL, random_inputs, random_lm, rel_err
+
 from xlnet_ref.interop import from_hf, mems_from_hf, mems_to_hf, to_hf
 
 # (id, config overrides, input options, batch)
@@ -47,13 +47,13 @@ def hf_forward(hf, kw: dict, mems):
 
     class Stacked:
         logits = torch.cat([r.logits for r in rows])
-        mems = [torch.cat([r.mems[l] for r in rows], dim=1) for l in range(len(rows[0].mems))]
+        mems = [torch.cat([r.mems[layer] for r in rows], dim=1) for layer in range(len(rows[0].mems))]
         hidden_states = [torch.cat([r.hidden_states[s] for r in rows]) for s in range(len(rows[0].hidden_states))]
         attentions = [
-            tuple(torch.cat([r.attentions[l][s] for r in rows]) for s in range(2))
-            if isinstance(rows[0].attentions[l], tuple)
-            else torch.cat([r.attentions[l] for r in rows])
-            for l in range(len(rows[0].attentions))
+            tuple(torch.cat([r.attentions[layer][s] for r in rows]) for s in range(2))
+            if isinstance(rows[0].attentions[layer], tuple)
+            else torch.cat([r.attentions[layer] for r in rows])
+            for layer in range(len(rows[0].attentions))
         ]
 
     return Stacked
@@ -135,7 +135,9 @@ def test_gradients_match():
     ref = random_lm(mem_len=6, bi_data=True)
     hf = to_hf(ref).train()  # dropout is 0, so train mode only switches autograd bookkeeping
     ref.train()
-    kw = random_inputs(batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=3, token_types=True, perm=True, num_predict=3)
+    kw = random_inputs(
+        batch=2, seq_len=7, vocab_size=SMALL["vocab_size"], seed=3, token_types=True, perm=True, num_predict=3
+    )
     mems = [torch.randn(2, 4, SMALL["d_model"]) for _ in range(SMALL["n_layer"])]
     weights = torch.randn(2, 3, SMALL["vocab_size"])
     (ref(**kw, mems=mems).logits * weights).sum().backward()
@@ -189,6 +191,7 @@ def test_from_hf_untie_false_refuses_different_layer_biases():
 
 # --- the parity check can fail: perturb one weight or switch off one mechanism ----------------------
 
+
 def test_parity_detects_one_perturbed_weight():
     ref = random_lm()
     with torch.no_grad():
@@ -213,7 +216,8 @@ def test_parity_detects_a_switched_off_mechanism(monkeypatch, mechanism):
     elif mechanism == "memory":  # the cached states are replaced by zeros before attention reads them
         real_attention = model.two_stream_attention
         monkeypatch.setattr(
-            model, "two_stream_attention",
+            model,
+            "two_stream_attention",
             lambda attn, h, g, mem, *a, **k: real_attention(attn, h, g, None if mem is None else 0 * mem, *a, **k),
         )
     elif mechanism == "query_mask":  # one mask for both streams: the query stream sees its own token

@@ -31,13 +31,12 @@ V = 23  # vocabulary of the tiny models
 def tiny_lm(*, seed: int, attn_type: str = "bi", n_layer: int = 3, std: float = 0.3) -> XLNetLMHeadModel:
     """A small LM with weights N(0, std): far from the 0.02 init, so that every path moves the output."""
     torch.manual_seed(seed)
-    cfg = XLNetConfig(vocab_size=V, d_model=32, n_layer=n_layer, n_head=4, d_inner=48, dropout=0.0,
-                      mem_len=0, attn_type=attn_type)
+    cfg = XLNetConfig(
+        vocab_size=V, d_model=32, n_layer=n_layer, n_head=4, d_inner=48, dropout=0.0, mem_len=0, attn_type=attn_type
+    )
     lm = XLNetLMHeadModel(cfg)
     lm.transformer.reset_parameters(std=std)
     return lm.eval()
-
-
 
 
 # ----------------------------------------------------------------------------- the definition, by hand
@@ -216,9 +215,13 @@ def perturbation_dependence(lm, x, token_type_ids, perm_mask, target_mapping, me
         batch[1 + j, j] = (x[j] + 1 + j) % V
     n = T + 1
     with torch.no_grad():
-        out = lm(batch, token_type_ids=token_type_ids.expand(n, T), perm_mask=perm_mask.expand(n, T, T),
-                 target_mapping=target_mapping.expand(n, -1, -1),
-                 mems=None if mems is None else [m.expand(n, -1, -1) for m in mems])
+        out = lm(
+            batch,
+            token_type_ids=token_type_ids.expand(n, T),
+            perm_mask=perm_mask.expand(n, T, T),
+            target_mapping=target_mapping.expand(n, -1, -1),
+            mems=None if mems is None else [m.expand(n, -1, -1) for m in mems],
+        )
     d_logits = (out.logits[1:] - out.logits[:1]).abs().amax(-1).T  # [k, j]
     d_content = (out.content[1:] - out.content[:1]).abs().amax(-1).T  # [i, j]
     for d in (d_logits, d_content):  # either clearly moved or exactly unaffected, nothing in between
@@ -234,8 +237,9 @@ def check_information_flow(lm, T, z, c, g, mlen=0):
     x = torch.randint(V, (T,), generator=g)
     token_type_ids = torch.randint(0, 2, (1, T), generator=g)
     mems = [torch.randn(1, mlen, 32, generator=g) for _ in range(lm.config.n_layer)] if mlen else None
-    moved_q, moved_h = perturbation_dependence(lm, x, token_type_ids, masks.perm_mask[None],
-                                               masks.target_mapping[None], mems)
+    moved_q, moved_h = perturbation_dependence(
+        lm, x, token_type_ids, masks.perm_mask[None], masks.target_mapping[None], mems
+    )
     query, content = expected_visibility(order, c)
     for k, p in enumerate(sorted(order[c:])):
         t = order.index(p)
@@ -300,8 +304,9 @@ def test_identity_order_is_the_ordinary_autoregressive_lm():
         hide_next = torch.zeros(1, t + 1, t + 1)
         hide_next[:, :, t] = 1  # nobody sees the slot being predicted
         with torch.no_grad():
-            step = causal_lm(prefix, perm_mask=hide_next, target_mapping=F.one_hot(torch.tensor([[t]]), t + 1).float(),
-                             mems=mems)
+            step = causal_lm(
+                prefix, perm_mask=hide_next, target_mapping=F.one_hot(torch.tensor([[t]]), t + 1).float(), mems=mems
+            )
         nll.append(-torch.log_softmax(step.logits[0, 0], -1)[x[0, t]])
         # and the t-th row of the permuted pass is that very distribution
         torch.testing.assert_close(out.logits[0, t], step.logits[0, 0], rtol=1e-4, atol=1e-4)
@@ -318,8 +323,9 @@ def test_plm_loss_is_a_masked_mean_of_per_token_cross_entropies():
     target_ids = torch.randint(V, (b, k), generator=g)
     weights = (torch.rand(b, k, generator=g) < 0.6).float()
     weights[0, 0] = 1
-    by_hand = [-torch.log_softmax(logits[r, q], -1)[target_ids[r, q]]
-               for r in range(b) for q in range(k) if weights[r, q]]
+    by_hand = [
+        -torch.log_softmax(logits[r, q], -1)[target_ids[r, q]] for r in range(b) for q in range(k) if weights[r, q]
+    ]
     torch.testing.assert_close(plm_loss(logits, target_ids, weights), torch.stack(by_hand).mean())
 
 

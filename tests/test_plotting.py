@@ -65,8 +65,13 @@ def test_uniform_memory_mass_equals_the_mass_of_a_model_that_attends_uniformly()
     target_mapping = torch.nn.functional.one_hot(torch.tensor([[1, 4, 2]] * 2), qlen).float()
     with torch.no_grad():
         mems = model(torch.randint(0, 20, (2, mlen))).mems
-        out = model(torch.randint(0, 20, (2, qlen)), mems=mems, perm_mask=perm_mask, target_mapping=target_mapping,
-                    output_attentions=True)
+        out = model(
+            torch.randint(0, 20, (2, qlen)),
+            mems=mems,
+            perm_mask=perm_mask,
+            target_mapping=target_mapping,
+            output_attentions=True,
+        )
     measured = plotting.memory_attention_mass(out.attentions, mlen=mlen)  # [layer, stream]
     baseline = plotting.uniform_memory_mass(perm_mask, target_mapping, mlen=mlen)
     torch.testing.assert_close(measured, baseline.expand_as(measured), rtol=1e-5, atol=1e-6)
@@ -121,8 +126,9 @@ def test_plot_two_stream_attention_rows_boxes_and_memory_column():
     query_hidden = perm_mask.bool()[targets]
     prob_g = torch.cat([torch.ones(2, mlen), (~query_hidden).float()], dim=1)
     prob_g = prob_g / prob_g.sum(-1, keepdim=True)
-    fig = plotting.plot_two_stream_attention(prob_h, prob_g, perm_mask=perm_mask, target_positions=targets, mlen=mlen,
-                                             labels=list("abcde"), title="t")
+    fig = plotting.plot_two_stream_attention(
+        prob_h, prob_g, perm_mask=perm_mask, target_positions=targets, mlen=mlen, labels=list("abcde"), title="t"
+    )
     heat = [ax for ax in fig.axes if ax.get_title().startswith(("content", "query"))]
     assert len(heat) == 2
     for ax in heat:  # a red box on each target's own column, one row per target
@@ -131,19 +137,23 @@ def test_plot_two_stream_attention_rows_boxes_and_memory_column():
     memory = [ax for ax in fig.axes if any("memory" in t.get_text() for t in ax.get_xticklabels())]
     assert len(memory) == 2
     totals = sorted(float(t.get_text()) for ax in memory for t in ax.texts)
-    expected = sorted([round(float(prob_h[p, :mlen].sum()), 2) for p in targets]
-                      + [round(float(prob_g[r, :mlen].sum()), 2) for r in range(2)])
+    expected = sorted(
+        [round(float(prob_h[p, :mlen].sum()), 2) for p in targets]
+        + [round(float(prob_g[r, :mlen].sum()), 2) for r in range(2)]
+    )
     assert totals == expected
     with pytest.raises(ValueError, match="prob_g"):
         plotting.plot_two_stream_attention(prob_h, prob_g[:1], perm_mask=perm_mask, target_positions=targets, mlen=mlen)
     with pytest.raises(ValueError, match="labels"):
-        plotting.plot_two_stream_attention(prob_h, prob_g, perm_mask=perm_mask, target_positions=targets, mlen=mlen,
-                                           labels=list("abc"))
+        plotting.plot_two_stream_attention(
+            prob_h, prob_g, perm_mask=perm_mask, target_positions=targets, mlen=mlen, labels=list("abc")
+        )
 
 
 # --------------------------------------------------------------------------- loss curves with baselines
-HISTORY = ([{"kind": "train", "step": s, "loss": 5.0 - s / 10, "lr": 1e-3} for s in range(1, 21)]
-           + [{"kind": "eval", "step": s, "eval_plm_loss": 4.0 - s / 20, "eval_l2r_loss": 4.1 - s / 20} for s in (10, 20)])
+HISTORY = [{"kind": "train", "step": s, "loss": 5.0 - s / 10, "lr": 1e-3} for s in range(1, 21)] + [
+    {"kind": "eval", "step": s, "eval_plm_loss": 4.0 - s / 20, "eval_l2r_loss": 4.1 - s / 20} for s in (10, 20)
+]
 
 
 def test_plot_history_draws_baselines_and_keeps_the_legend_off_the_curves():
@@ -171,8 +181,16 @@ def test_stage_slot_names_layer_stream_and_kind():
 
 
 def test_plot_stage_errors_draws_each_stream_as_its_own_line():
-    errors = {"word_emb": 0.0, "layer0.q_h": 1e-8, "layer0.content.bd": 1e-2, "layer0.q_g": 1e-8,
-              "layer0.query.bd": 1e-8, "layer0.content_ff_out": 1e-2, "layer0.query_ff_out": 1e-2, "logits": 1e-2}
+    errors = {
+        "word_emb": 0.0,
+        "layer0.q_h": 1e-8,
+        "layer0.content.bd": 1e-2,
+        "layer0.q_g": 1e-8,
+        "layer0.query.bd": 1e-8,
+        "layer0.content_ff_out": 1e-2,
+        "layer0.query_ff_out": 1e-2,
+        "logits": 1e-2,
+    }
     fig = plotting.plot_stage_errors({"bug": errors, "healthy": {k: 0.0 for k in errors}}, tol=1e-5)
     assert len(fig.axes) == 2  # one panel per run
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}

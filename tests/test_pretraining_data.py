@@ -42,8 +42,6 @@ def assert_close_to_distribution(counts: list[int], p: list[float]):
         assert abs(c / total - q) < 5 * math.sqrt(q * (1 - q) / total), (n, c / total, q)
 
 
-
-
 # ----------------------------------------------------------------------------- span targets
 
 
@@ -83,9 +81,11 @@ def test_words_mode_masks_whole_words_counted_in_words():
     assert_close_to_distribution(counts, inverse_n(5))
 
 
-ENGLISH = ("The model reads the text in windows and predicts a few of its words from the others, in an "
-           "order drawn at random; the memory carries what it has read on to the next window, so that "
-           "a long document is seen as one piece of text, not as many unrelated parts. ")
+ENGLISH = (
+    "The model reads the text in windows and predicts a few of its words from the others, in an "
+    "order drawn at random; the memory carries what it has read on to the next window, so that "
+    "a long document is seen as one piece of text, not as many unrelated parts. "
+)
 
 
 def english_byte_words(T: int, g: torch.Generator) -> torch.Tensor:
@@ -121,7 +121,7 @@ def test_targets_spread_evenly_over_a_part_with_fixed_num_predict():
     quarters = torch.zeros(4)
     for _ in range(3000):
         start = int(torch.randint(200, (1,), generator=g))
-        starts = english_byte_words(240, g)[start:start + 32]  # a part may begin mid-word
+        starts = english_byte_words(240, g)[start : start + 32]  # a part may begin mid-word
         mask = sample_span_mask(32, num_predict=5, word_starts=starts, generator=g)
         quarters += mask.view(4, 8).float().sum(1)
     share = quarters / quarters.sum()
@@ -156,10 +156,16 @@ def test_num_predict_is_exact_and_never_picks_unselectable_positions():
     g = torch.Generator().manual_seed(4)
     for T, n in [(20, 3), (64, 11), (64, 30), (10, 8), (7, 0)]:
         selectable = torch.rand(T, generator=g) < 0.85
-        selectable[:n + 1] = True
+        selectable[: n + 1] = True
         for unit in ("words", "pieces"):
-            mask = sample_span_mask(T, num_predict=n, selectable=selectable, word_starts=random_word_starts(T, g),
-                                    span_unit=unit, generator=g)
+            mask = sample_span_mask(
+                T,
+                num_predict=n,
+                selectable=selectable,
+                word_starts=random_word_starts(T, g),
+                span_unit=unit,
+                generator=g,
+            )
             assert int(mask.sum()) == n
             assert not (mask & ~selectable).any()
 
@@ -195,8 +201,17 @@ def stream(n: int, seed: int) -> torch.Tensor:
 
 
 def batches(tokens, **overrides) -> list[PLMBatch]:
-    args = dict(seq_len=T, reuse_len=R, batch_size=B, num_predict=4, perm_size=None, bi_data=False,
-                sep_id=SEP, cls_id=CLS, generator=torch.Generator().manual_seed(7))
+    args = dict(
+        seq_len=T,
+        reuse_len=R,
+        batch_size=B,
+        num_predict=4,
+        perm_size=None,
+        bi_data=False,
+        sep_id=SEP,
+        cls_id=CLS,
+        generator=torch.Generator().manual_seed(7),
+    )
     return list(plm_batches(tokens, **{**args, **overrides}))
 
 
@@ -307,8 +322,14 @@ def test_memory_holds_only_the_reuse_part():
 
     def mems_after(input_ids):
         with torch.no_grad():
-            return torch.stack(lm(input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                                  target_mapping=batch.target_mapping).mems)
+            return torch.stack(
+                lm(
+                    input_ids,
+                    token_type_ids=batch.token_type_ids,
+                    perm_mask=batch.perm_mask,
+                    target_mapping=batch.target_mapping,
+                ).mems
+            )
 
     base = mems_after(batch.input_ids)
     later = batch.input_ids.clone()
@@ -323,8 +344,17 @@ def test_a_tiny_model_learns_with_the_permutation_objective():
     """Two hundred steps on a patterned stream, memory carried from batch to batch, bi_data on."""
     torch.manual_seed(16)
     vocab, seq_len, reuse_len = 24, 16, 8
-    cfg = XLNetConfig(vocab_size=vocab, d_model=32, n_layer=2, n_head=4, d_inner=64, dropout=0.0,
-                      mem_len=reuse_len, reuse_len=reuse_len, bi_data=True)
+    cfg = XLNetConfig(
+        vocab_size=vocab,
+        d_model=32,
+        n_layer=2,
+        n_head=4,
+        d_inner=64,
+        dropout=0.0,
+        mem_len=reuse_len,
+        reuse_len=reuse_len,
+        bi_data=True,
+    )
     lm = XLNetLMHeadModel(cfg)
     optimizer = torch.optim.Adam(lm.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(17)
@@ -334,10 +364,25 @@ def test_a_tiny_model_learns_with_the_permutation_objective():
     losses, step = [], 0
     while step < 200:
         mems = None
-        for batch in plm_batches(tokens, seq_len=seq_len, reuse_len=reuse_len, batch_size=8, num_predict=3,
-                                 perm_size=None, bi_data=True, sep_id=SEP, cls_id=CLS, generator=g):
-            out = lm(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                     target_mapping=batch.target_mapping, mems=mems)
+        for batch in plm_batches(
+            tokens,
+            seq_len=seq_len,
+            reuse_len=reuse_len,
+            batch_size=8,
+            num_predict=3,
+            perm_size=None,
+            bi_data=True,
+            sep_id=SEP,
+            cls_id=CLS,
+            generator=g,
+        ):
+            out = lm(
+                batch.input_ids,
+                token_type_ids=batch.token_type_ids,
+                perm_mask=batch.perm_mask,
+                target_mapping=batch.target_mapping,
+                mems=mems,
+            )
             loss = plm_loss(out.logits, batch.target_ids, batch.target_weights)
             optimizer.zero_grad()
             loss.backward()

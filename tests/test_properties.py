@@ -26,7 +26,12 @@ def test_segment_term_is_the_dot_product_with_s_ij(qlen, mlen, n_types, seed):
     g = torch.Generator().manual_seed(seed)
     tt = torch.randint(0, n_types, (2, qlen), generator=g)
     seg_diff = segment_difference(tt, mlen)
-    args = (torch.randn(2, qlen, 2, 3, generator=g), torch.randn(2, 3, generator=g), torch.randn(2, 2, 3, generator=g), seg_diff)
+    args = (
+        torch.randn(2, qlen, 2, 3, generator=g),
+        torch.randn(2, 3, generator=g),
+        torch.randn(2, 2, 3, generator=g),
+        seg_diff,
+    )
     assert torch.allclose(segment_term(*args), segment_term_naive(*args), atol=1e-5)
 
 
@@ -37,8 +42,9 @@ def test_content_stream_sees_exactly_one_more_key_than_query_stream_when_self_is
     with the own-token entry (i, mlen + i) opened, and nothing else changed."""
     g = torch.Generator().manual_seed(seed)
     perm = (torch.rand(2, qlen, qlen, generator=g) < 0.5) | torch.eye(qlen, dtype=torch.bool)
-    attn_mask, non_tgt = attention_masks(qlen=qlen, mlen=mlen, attn_type=attn_type, same_length=False,
-                                         input_mask=None, perm_mask=perm)
+    attn_mask, non_tgt = attention_masks(
+        qlen=qlen, mlen=mlen, attn_type=attn_type, same_length=False, input_mask=None, perm_mask=perm
+    )
     diff = attn_mask.expand_as(non_tgt) & ~non_tgt
     own = torch.zeros(qlen, qlen + mlen, dtype=torch.bool)
     own[torch.arange(qlen), mlen + torch.arange(qlen)] = True

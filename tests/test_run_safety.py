@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import micro_train_config
+
 from xlnet_ref.training import checkpoint as ckpt
 from xlnet_ref.training.corpus import default_corpus_text
 from xlnet_ref.training.train import PRESETS, TrainConfig, main, train
@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def micro(corpus, **overrides) -> TrainConfig:
     """4 steps, no evaluation: these tests are about the run folder, not about learning."""
-    return micro_train_config(corpus, **{"steps": 4, "warmup_steps": 1, "eval_every": 0, "eval_batches": 1, **overrides})
+    return micro_train_config(
+        corpus, **{"steps": 4, "warmup_steps": 1, "eval_every": 0, "eval_batches": 1, **overrides}
+    )
 
 
 def run(cfg, out, **kw):
@@ -78,8 +80,12 @@ def test_resuming_an_older_checkpoint_does_not_overwrite_later_ones(corpus_file,
     # with --overwrite the later ones go first, and the run continues from step 2
     code, out, err = cli(["--resume", str(tmp_path / "checkpoint-0000002"), "--steps", "8", "--overwrite"], capsys)
     assert code == 0, err
-    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == ["checkpoint-0000002", "checkpoint-0000004",
-                                                                       "checkpoint-0000006", "checkpoint-0000008"][-3:]
+    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == [
+        "checkpoint-0000002",
+        "checkpoint-0000004",
+        "checkpoint-0000006",
+        "checkpoint-0000008",
+    ][-3:]
 
 
 def test_rotation_deletes_only_this_runs_checkpoints(corpus_file, tmp_path):
@@ -101,12 +107,18 @@ def data_offset(path: Path, tensor: str) -> int:
     """Where a tensor's bytes start in a safetensors file (8-byte header length, JSON header, data)."""
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    return 8 + n + json.loads(raw[8:8 + n])[tensor]["data_offsets"][0]
+    return 8 + n + json.loads(raw[8 : 8 + n])[tensor]["data_offsets"][0]
 
 
-@pytest.mark.parametrize("name, tensor", [("model.safetensors", "transformer.mask_emb"),
-                                          ("optimizer.safetensors", "state.0.exp_avg"),
-                                          ("mems.safetensors", "mems.1"), ("rng.safetensors", "data_now")])
+@pytest.mark.parametrize(
+    "name, tensor",
+    [
+        ("model.safetensors", "transformer.mask_emb"),
+        ("optimizer.safetensors", "state.0.exp_avg"),
+        ("mems.safetensors", "mems.1"),
+        ("rng.safetensors", "data_now"),
+    ],
+)
 def test_a_changed_byte_is_refused_naming_the_file(stopped, capsys, name, tensor):
     path = stopped / name
     flip_byte(path, data_offset(path, tensor) + 3)
@@ -204,8 +216,24 @@ def test_ctrl_c_in_the_cli_saves_and_exits_130(tmp_path):
     corpus.write_text(default_corpus_text()[:40_000], encoding="utf-8")
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "xlnet_ref.train", "--preset", "tiny", "--corpus", str(corpus), "--steps", "400",
-           "--batch-size", "2", "--eval-every", "0", "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlnet_ref.train",
+        "--preset",
+        "tiny",
+        "--corpus",
+        str(corpus),
+        "--steps",
+        "400",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -234,8 +262,11 @@ def test_ctrl_c_in_the_cli_saves_and_exits_130(tmp_path):
 def test_an_unwritable_out_or_export_folder_is_refused_before_training(corpus_file, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    for args, what in ((["--out", str(a_file / "run")], "--out"), (["--out", str(a_file)], "--out"),
-                       (["--out", str(tmp_path / "run"), "--export-hf", str(a_file / "hf")], "--export-hf")):
+    for args, what in (
+        (["--out", str(a_file / "run")], "--out"),
+        (["--out", str(a_file)], "--out"),
+        (["--out", str(tmp_path / "run"), "--export-hf", str(a_file / "hf")], "--export-hf"),
+    ):
         start = time.perf_counter()
         code, out, err = cli(["--preset", "tiny", "--corpus", str(corpus_file), "--steps", "50", *args], capsys)
         assert code == 2 and what in err and len(err.strip().splitlines()) == 1, err
@@ -254,22 +285,31 @@ def test_a_full_disk_keeps_the_previous_checkpoint(stopped, capsys, monkeypatch)
     code, out, err = cli(["--resume", str(stopped)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "No space left on device" in err and "checkpoint-0000004" in err
-    assert sorted(p.name for p in stopped.parent.iterdir()) == ["checkpoint-0000002", "history.json"]  # no partial folder
+    assert sorted(p.name for p in stopped.parent.iterdir()) == [
+        "checkpoint-0000002",
+        "history.json",
+    ]  # no partial folder
     ckpt.verify_checkpoint(stopped)
 
 
 # ------------------------------------------------------------------ 5. leftovers of a kill, history.json
 def test_leftovers_of_a_killed_save_are_removed_on_the_next_start(stopped):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    leftovers = [".checkpoint-0000004.tmp-3fj2k_9", f".checkpoint-0000002.old-{int(dead.stdout)}",
-                 f".checkpoint-0000004.tmp-{int(dead.stdout)}-abc"]
+    leftovers = [
+        ".checkpoint-0000004.tmp-3fj2k_9",
+        f".checkpoint-0000002.old-{int(dead.stdout)}",
+        f".checkpoint-0000004.tmp-{int(dead.stdout)}-abc",
+    ]
     for name in leftovers:
         (stopped.parent / name).mkdir()
         (stopped.parent / name / "model.safetensors").write_bytes(b"\0" * 1_000_000)
     (stopped.parent / f".history.json.tmp-{int(dead.stdout)}").write_text("[{")
     train(resume=stopped.parent, stop_at=3, progress=False, log=None)
-    assert sorted(p.name for p in stopped.parent.iterdir()) == ["checkpoint-0000002", "checkpoint-0000003",
-                                                                "history.json"]
+    assert sorted(p.name for p in stopped.parent.iterdir()) == [
+        "checkpoint-0000002",
+        "checkpoint-0000003",
+        "history.json",
+    ]
 
 
 def test_a_checkpoint_left_only_as_old_is_renamed_back(tmp_path):
@@ -320,10 +360,15 @@ def test_a_relative_corpus_resumes_from_another_directory(tmp_path, monkeypatch)
 
 # ------------------------------------------------------------------ clear errors up front
 def test_absurd_settings_and_nothing_to_do_are_refused(stopped, corpus_file, capsys):
-    for args, message in ((["--lr", "inf"], "learning_rate"), (["--lr", "50"], "learning_rate"),
-                          (["--device", "meta"], "device: expected"), (["--seq-len", "20"], "seq_len")):
-        code, out, err = cli(["--preset", "tiny", "--corpus", str(corpus_file), *args, "--out", str(stopped.parent / "x")],
-                             capsys)
+    for args, message in (
+        (["--lr", "inf"], "learning_rate"),
+        (["--lr", "50"], "learning_rate"),
+        (["--device", "meta"], "device: expected"),
+        (["--seq-len", "20"], "seq_len"),
+    ):
+        code, out, err = cli(
+            ["--preset", "tiny", "--corpus", str(corpus_file), *args, "--out", str(stopped.parent / "x")], capsys
+        )
         assert code == 2 and message in err and "training tiny" not in out, (args, err)
     code, out, err = cli(["--resume", str(stopped), "--stop-at", "2"], capsys)
     assert code == 2 and "already at or past stop_at=2" in err

@@ -23,8 +23,9 @@ def small_model(mem_len=4, seed=0):
 
 
 def test_labels_are_the_previous_segment():
-    tokens, labels = copy_task_batch(batch_size=3, n_segments=4, seg_len=5, vocab_size=7,
-                                     generator=torch.Generator().manual_seed(0))
+    tokens, labels = copy_task_batch(
+        batch_size=3, n_segments=4, seg_len=5, vocab_size=7, generator=torch.Generator().manual_seed(0)
+    )
     assert tokens.shape == labels.shape == (3, 4, 5)
     assert (labels[:, 0] == IGNORE).all()
     assert torch.equal(labels[:, 1:], tokens[:, :-1])
@@ -62,8 +63,9 @@ def test_what_the_memory_can_carry_depends_on_the_depth(n_layer):
     torch.manual_seed(0)
     config = XLNetConfig(vocab_size=6, d_model=16, n_layer=n_layer, n_head=2, d_inner=32, dropout=0.0, mem_len=5)
     model = XLNetLMHeadModel(config).eval()
-    tokens, _ = copy_task_batch(batch_size=1, n_segments=2, seg_len=5, vocab_size=6,
-                                generator=torch.Generator().manual_seed(0))
+    tokens, _ = copy_task_batch(
+        batch_size=1, n_segments=2, seg_len=5, vocab_size=6, generator=torch.Generator().manual_seed(0)
+    )
     store = []
     hook = model.transformer.word_embedding.register_forward_hook(lambda mod, inp, out: store.append(out))
     first = model(tokens[:, 0], output_hidden_states=True)
@@ -81,8 +83,9 @@ def test_what_the_memory_can_carry_depends_on_the_depth(n_layer):
 
 def test_without_memory_each_segment_is_processed_alone():
     model = small_model()
-    tokens, labels = copy_task_batch(batch_size=2, n_segments=3, seg_len=4, vocab_size=6,
-                                     generator=torch.Generator().manual_seed(2))
+    tokens, labels = copy_task_batch(
+        batch_size=2, n_segments=3, seg_len=4, vocab_size=6, generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():
         run = run_segments(model, tokens, labels, use_memory=False)
         alone = model(tokens[:, 2]).logits
@@ -94,8 +97,9 @@ def test_without_memory_each_segment_is_processed_alone():
 
 def test_mem_len_keeps_the_last_positions_of_each_layer():
     model = small_model(mem_len=4)
-    tokens, labels = copy_task_batch(batch_size=2, n_segments=2, seg_len=4, vocab_size=6,
-                                     generator=torch.Generator().manual_seed(3))
+    tokens, labels = copy_task_batch(
+        batch_size=2, n_segments=2, seg_len=4, vocab_size=6, generator=torch.Generator().manual_seed(3)
+    )
     with torch.no_grad():
         run = run_segments(model, tokens, labels, mem_len=2)
         mems = [m[:, -2:] for m in model(tokens[:, 0]).mems]
@@ -109,8 +113,9 @@ def test_mem_len_keeps_the_last_positions_of_each_layer():
 
 def test_memory_is_detached_so_the_loss_reaches_only_the_last_segment():
     model = small_model().train()
-    tokens, labels = copy_task_batch(batch_size=2, n_segments=2, seg_len=4, vocab_size=6,
-                                     generator=torch.Generator().manual_seed(4))
+    tokens, labels = copy_task_batch(
+        batch_size=2, n_segments=2, seg_len=4, vocab_size=6, generator=torch.Generator().manual_seed(4)
+    )
     run = run_segments(model, tokens, labels)
     assert not any(m.requires_grad for m in run.outputs[0].mems)
     run.loss.backward()  # must not fail, and must train the weights
@@ -122,13 +127,21 @@ def test_a_model_with_memory_learns_to_copy():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add hand-over cost (10x slower on a busy 2-core machine)
     try:
-        losses = train_copy_task(model, steps=120, batch_size=16, n_segments=3, seg_len=4, learning_rate=1e-2,
-                                 generator=torch.Generator().manual_seed(0))
+        losses = train_copy_task(
+            model,
+            steps=120,
+            batch_size=16,
+            n_segments=3,
+            seg_len=4,
+            learning_rate=1e-2,
+            generator=torch.Generator().manual_seed(0),
+        )
     finally:
         torch.set_num_threads(threads)
     assert not model.training
-    tokens, labels = copy_task_batch(batch_size=64, n_segments=3, seg_len=4, vocab_size=6,
-                                     generator=torch.Generator().manual_seed(9))
+    tokens, labels = copy_task_batch(
+        batch_size=64, n_segments=3, seg_len=4, vocab_size=6, generator=torch.Generator().manual_seed(9)
+    )
     with torch.no_grad():
         with_memory = run_segments(model, tokens, labels).accuracy
         without = run_segments(model, tokens, labels, use_memory=False).accuracy

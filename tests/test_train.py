@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
-
 from helpers import micro_train_config
+
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
+from xlnet_ref.pretraining_data import plm_batches
 from xlnet_ref.training.checkpoint import CheckpointError
 from xlnet_ref.training.corpus import default_corpus_text
-from xlnet_ref.pretraining_data import plm_batches
 from xlnet_ref.training.tokenizer import ByteTokenizer
 from xlnet_ref.training.train import (
     TrainConfig,
@@ -26,7 +26,6 @@ from xlnet_ref.training.train import (
     train,
     uses_weight_decay,
 )
-
 
 micro = micro_train_config  # 16 steps of 4 x 24 tokens, evaluated every 5
 
@@ -63,8 +62,20 @@ def test_left_to_right_batch_sees_only_the_past():
     torch.manual_seed(0)
     model = XLNetLMHeadModel(cfg).eval()
     tokens = torch.tensor(tok.encode(default_corpus_text()[:400]))
-    batch = next(plm_batches(tokens, seq_len=12, reuse_len=4, batch_size=2, num_predict=2, perm_size=None, bi_data=False,
-                             sep_id=tok.sep_id, cls_id=tok.cls_id, generator=torch.Generator().manual_seed(0)))
+    batch = next(
+        plm_batches(
+            tokens,
+            seq_len=12,
+            reuse_len=4,
+            batch_size=2,
+            num_predict=2,
+            perm_size=None,
+            bi_data=False,
+            sep_id=tok.sep_id,
+            cls_id=tok.cls_id,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
     l2r = left_to_right_batch(batch, sep_id=tok.sep_id, cls_id=tok.cls_id, has_memory=False)
     assert l2r.target_weights[:, 0].eq(0).all()  # nothing to look at without memory
     assert l2r.target_weights[batch.input_ids == tok.sep_id].eq(0).all()
@@ -76,8 +87,8 @@ def test_left_to_right_batch_sees_only_the_past():
         other = model(changed, **kw).logits
         # positions 1..t (t included) are unchanged; position 0 has an empty visible set without memory, its
         # fully masked row turns uniform over all keys (permutation.py), which is why it is not a target
-        torch.testing.assert_close(other[:, 1:t + 1], logits[:, 1:t + 1], rtol=0, atol=1e-6)
-        assert not torch.allclose(other[:, t + 1:], logits[:, t + 1:])  # later positions do see the change
+        torch.testing.assert_close(other[:, 1 : t + 1], logits[:, 1 : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(other[:, t + 1 :], logits[:, t + 1 :])  # later positions do see the change
 
 
 # ------------------------------------------------------------------------------------- training
@@ -98,9 +109,22 @@ def test_training_learns_is_repeatable_and_evaluation_draws_no_random_numbers(co
     # schedule, which spans `steps`; the exact-repeat check over a whole run is test_resume_is_exact)
     assert train_losses(again.history)[:2] == losses[:2]
 
-    held_out = [next(plm_batches(first.data.eval_tokens, seq_len=24, reuse_len=8, batch_size=4, num_predict=4,
-                                 perm_size=None, bi_data=False, sep_id=257, cls_id=258,
-                                 generator=torch.Generator().manual_seed(0)))]
+    held_out = [
+        next(
+            plm_batches(
+                first.data.eval_tokens,
+                seq_len=24,
+                reuse_len=8,
+                batch_size=4,
+                num_predict=4,
+                perm_size=None,
+                bi_data=False,
+                sep_id=257,
+                cls_id=258,
+                generator=torch.Generator().manual_seed(0),
+            )
+        )
+    ]
     state = torch.get_rng_state()
     evaluate(first.model.train(), held_out, tokenizer=first.tokenizer)
     assert torch.equal(torch.get_rng_state(), state)  # eval mode inside: no dropout draws
@@ -118,8 +142,9 @@ def test_resume_is_exact(corpus_file, tmp_path):
     resumed = train(resume=tmp_path, progress=False, log=None)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
-    assert [(r["kind"], r.get("loss"), r.get("eval_plm_loss")) for r in resumed.history] == \
-        [(r["kind"], r.get("loss"), r.get("eval_plm_loss")) for r in straight.history]
+    assert [(r["kind"], r.get("loss"), r.get("eval_plm_loss")) for r in resumed.history] == [
+        (r["kind"], r.get("loss"), r.get("eval_plm_loss")) for r in straight.history
+    ]
     assert all(torch.equal(a, b) for a, b in zip(straight.mems, resumed.mems))
     saved = json.loads((tmp_path / "history.json").read_text())
     assert len(train_losses(saved)) == 20
@@ -166,8 +191,23 @@ def test_cli(corpus_file, tmp_path, capsys):
     assert main(["--corpus", str(tmp_path / "absent.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     # a short real run through the CLI, exported to transformers at the end
-    args = ["--preset", "tiny", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--eval-every", "0",
-            "--out", str(tmp_path / "run"), "--export-hf", str(tmp_path / "hf"), "--no-progress"]
+    args = [
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+        "--export-hf",
+        str(tmp_path / "hf"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "checkpoint-0000002" in out and (tmp_path / "hf" / "config.json").is_file()
@@ -188,13 +228,14 @@ def test_memory_attention_mass_by_hand():
 
 def test_demo_figures(corpus_file, tmp_path):
     from xlnet_ref.training.demo import make_figures
-
     from xlnet_ref.training.train import load_run
 
     trained = train(micro(corpus_file, steps=3, eval_every=2), out_dir=tmp_path / "run", progress=False, log=None)
     result = load_run(tmp_path / "run")  # back from the checkpoint, as a notebook would
     assert result.history == trained.history and result.config == trained.config
-    assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), trained.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), trained.model.state_dict().values())
+    )
     paths = make_figures(result, tmp_path)
     assert [p.name for p in paths] == ["loss_curves.png", "two_stream_attention.png", "memory_attention.png"]
     for p in paths:
@@ -212,14 +253,19 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "run" / "checkpoint-0000042"
 
     def interrupted_train(config, **kwargs):
-        raise TrainingInterrupted(f"interrupted by SIGINT after step 42 of {config.steps}: checkpoint {checkpoint}",
-                                  step=42, checkpoint=checkpoint, signum=signal.SIGINT)
+        raise TrainingInterrupted(
+            f"interrupted by SIGINT after step 42 of {config.steps}: checkpoint {checkpoint}",
+            step=42,
+            checkpoint=checkpoint,
+            signum=signal.SIGINT,
+        )
 
     monkeypatch.setattr(demo, "train", interrupted_train)
     monkeypatch.setattr(demo, "note_threads", lambda: None)
     try:
-        code = demo.main(["--out", str(tmp_path / "run"), "--figures", str(tmp_path / "figs"), "--no-progress",
-                          "--device", "cpu"])
+        code = demo.main(
+            ["--out", str(tmp_path / "run"), "--figures", str(tmp_path / "figs"), "--no-progress", "--device", "cpu"]
+        )
     except KeyboardInterrupt:  # TrainingInterrupted is one: uncaught, it would also stop pytest itself
         pytest.fail("demo.main let TrainingInterrupted through (a traceback for the user)")
     err = capsys.readouterr().err

@@ -23,7 +23,6 @@ pytest.importorskip("transformers")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_xlnet_adapter.py"
 
 
-
 @pytest.fixture(scope="module")
 def golden():
     return read_cases(DEFAULT_DIR)
@@ -75,6 +74,7 @@ def test_logits_only_is_enough_and_numpy_is_accepted(golden):
 
 def test_numpy_memory_cannot_show_gradients(golden):
     """Returned as numpy, the memory carries no autograd history: that stage is 'not measurable', not 'pass'."""
+
     def numpy_everything(case):
         return {k: v.detach().numpy() for k, v in hf_adapter(case).items()}
 
@@ -171,8 +171,16 @@ def axis_sizes(case) -> dict[str, int]:
     b, i = inputs["input_ids"].shape
     mlen = inputs["mems"][0].shape[1] if "mems" in inputs else 0
     klen = mlen + i
-    sizes = dict(b=b, i=i, j=klen, n=cfg["n_head"], d=cfg["d_model"] // cfg["n_head"], m=cfg["d_model"],
-                 V=cfg["vocab_size"], r=klen + i if cfg["attn_type"] == "bi" else klen + 1)
+    sizes = dict(
+        b=b,
+        i=i,
+        j=klen,
+        n=cfg["n_head"],
+        d=cfg["d_model"] // cfg["n_head"],
+        m=cfg["d_model"],
+        V=cfg["vocab_size"],
+        r=klen + i if cfg["attn_type"] == "bi" else klen + 1,
+    )
     if "target_mapping" in inputs:
         sizes["k"] = inputs["target_mapping"].shape[1]
     return sizes
@@ -192,9 +200,12 @@ def test_every_stage_has_its_documented_layout(golden):
             if name.endswith("new_mem_grad"):
                 sizes["t"] = case.inputs["mems"][0].shape[1]
             if name.startswith("grad."):  # the parameter's own shape: checked against the weights
-                target = name[len("grad."):]
-                want = list(case.inputs["input_ids"].shape) + [sizes["m"]] if target == "word_emb" else \
-                    list(case.weights[target].shape)
+                target = name[len("grad.") :]
+                want = (
+                    list(case.inputs["input_ids"].shape) + [sizes["m"]]
+                    if target == "word_emb"
+                    else list(case.weights[target].shape)
+                )
                 assert list(tensor.shape) == want, name
                 assert len(layout.split()) == len(want), name
                 continue
@@ -254,6 +265,7 @@ def odd_batch(golden):
 def test_a_crash_is_not_a_refusal(golden):
     """The reference refuses bi_data with an odd batch; an implementation that crashes on it (here with a
     RuntimeError, as transformers does inside an einsum) has not refused it."""
+
     def crashes(case):
         raise RuntimeError("einsum(): subscript b has size 2 for operand 1")
 
@@ -275,12 +287,15 @@ def test_documented_refusals_pass(golden, refusal):
 
 def test_refusing_an_accepted_input_fails(golden):
     (result,) = validate(lambda case: {"refused": "not supported"}, golden[:1])
-    assert result.first_failure.stage == "input_check" and "refused an input the reference accepts" in \
-        result.first_failure.note
+    assert (
+        result.first_failure.stage == "input_check"
+        and "refused an input the reference accepts" in result.first_failure.note
+    )
 
 
 def test_an_unknown_stage_name_fails_with_the_closest_name(golden):
     """A typo would otherwise hide a comparison: 'bd_row' is not compared, and says what was meant."""
+
     def typo(case):
         stages = reference_adapter(case)
         stages["layer0.content.bd_row"] = stages.pop("layer0.content.bd_raw")
@@ -296,6 +311,7 @@ def test_an_unknown_stage_name_fails_with_the_closest_name(golden):
 
 def test_a_stage_of_another_kind_of_case_is_not_unknown(golden):
     """layer0.query.prob is a known name: returned for a one-stream case it is simply not compared."""
+
     def extra(case):
         stages = reference_adapter(case)
         stages["layer0.query.prob"] = stages["layer0.content.prob"]
@@ -318,8 +334,9 @@ def test_the_report_shows_what_still_agrees_after_the_first_departure(capsys):
 
 
 def test_traceback_flag_shows_the_adapters_exception(tmp_path, capsys):
-    (tmp_path / "crash.py").write_text("def helper():\n    raise KeyError('the weight I forgot')\n"
-                                       "def run(case):\n    helper()\n")
+    (tmp_path / "crash.py").write_text(
+        "def helper():\n    raise KeyError('the weight I forgot')\ndef run(case):\n    helper()\n"
+    )
     args = ["--against", f"{tmp_path / 'crash.py'}:run", "--golden", str(DEFAULT_DIR), "--case", "one_stream"]
     assert main(args) == 1
     assert "Traceback" not in capsys.readouterr().out
@@ -328,11 +345,14 @@ def test_traceback_flag_shows_the_adapters_exception(tmp_path, capsys):
     assert "Traceback (most recent call last)" in out and "in helper" in out and "the weight I forgot" in out
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import no_such_package_xyz\ndef run(case): pass\n", "ModuleNotFoundError"),
-    ("def run(case) pass\n", "SyntaxError"),
-    ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import no_such_package_xyz\ndef run(case): pass\n", "ModuleNotFoundError"),
+        ("def run(case) pass\n", "SyntaxError"),
+        ("raise RuntimeError('boom at import')\n", "RuntimeError: boom at import"),
+    ],
+)
 def test_an_adapter_that_does_not_import_is_a_one_line_usage_error(tmp_path, capsys, source, expected):
     (tmp_path / "broken.py").write_text(source)
     assert main(["--against", f"{tmp_path / 'broken.py'}:run", "--golden", str(DEFAULT_DIR)]) == 2

@@ -9,8 +9,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "xlnet_ref" / "validation"
 # bottom to top: a module may import only modules earlier in this list (docs in validation/__init__.py)
-LAYERS = ["stages", "compare", "cases", "reference", "mutants", "recorder", "transformers_adapter", "adapters",
-          "golden", "validate", "cli"]
+LAYERS = [
+    "stages",
+    "compare",
+    "cases",
+    "reference",
+    "mutants",
+    "recorder",
+    "transformers_adapter",
+    "adapters",
+    "golden",
+    "validate",
+    "cli",
+]
 
 
 def relative_imports(path: Path) -> set[str]:
@@ -44,8 +55,19 @@ def test_compare_imports_only_numpy_safetensors_and_the_standard_library():
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "compare.py must stand alone (it is copied to golden/)"
             top.add(node.module.split(".")[0])
-    assert top <= {"__future__", "argparse", "difflib", "fnmatch", "json", "re", "sys", "dataclasses", "pathlib",
-                   "numpy", "safetensors"}, top
+    assert top <= {
+        "__future__",
+        "argparse",
+        "difflib",
+        "fnmatch",
+        "json",
+        "re",
+        "sys",
+        "dataclasses",
+        "pathlib",
+        "numpy",
+        "safetensors",
+    }, top
 
 
 def test_names_notebooks_and_labs_use_stay_importable():

@@ -52,8 +52,7 @@ def test_draw_mask_draws_on_a_given_axes_with_labels():
 
 
 def test_draw_panels_one_axes_per_matrix():
-    fig = viz.draw_panels([torch.zeros(2, 3), torch.ones(2, 3), torch.eye(2)], ["a", "b", "c"], ncols=2,
-                          colorbar=False)
+    fig = viz.draw_panels([torch.zeros(2, 3), torch.ones(2, 3), torch.eye(2)], ["a", "b", "c"], ncols=2, colorbar=False)
     assert isinstance(fig, Figure)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["a", "b", "c"]
@@ -74,8 +73,13 @@ def test_draw_rel_shift_one_square_panel_per_step_coloured_by_source_row():
     rlen = len(relative_positions(qlen, klen, attn_type="bi"))
     bd = 10 * torch.arange(qlen)[:, None] + torch.arange(rlen)[None, :]  # cell code: 10 * row + column
     view = bd.reshape(rlen, qlen)
-    stages = [("bd", bd), ("view", view), ("drop", view[1:]), ("view back", view[1:].reshape(qlen, rlen - 1)),
-              ("after", rel_shift(bd, klen))]
+    stages = [
+        ("bd", bd),
+        ("view", view),
+        ("drop", view[1:]),
+        ("view back", view[1:].reshape(qlen, rlen - 1)),
+        ("after", rel_shift(bd, klen)),
+    ]
     fig = viz.draw_rel_shift(stages, mlen=2)
     assert [ax.get_title() for ax in fig.axes] == ["bd", "view", "drop", "view back", "after"]
     assert image_array(fig.axes[1]).shape == (rlen, qlen) and image_array(fig.axes[4]).shape == (qlen, klen)

@@ -34,6 +34,7 @@ from .masks import mask_value
 from .relative_position import rel_shift
 from .segments import segment_term
 
+
 def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
     """(b)+(d) before the shift: (q_i + v) . W_{k,R} R_c for every table row c.
 

@@ -81,8 +81,13 @@ def check_inputs(
     b, qlen = input_ids.shape
     if b == 0 or qlen == 0:
         raise ValueError(f"input_ids: expected at least one row and one position, got shape {_shape(input_ids)}")
-    for name, t in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask), ("input_mask", input_mask),
-                    ("perm_mask", perm_mask), ("target_mapping", target_mapping)):
+    for name, t in (
+        ("token_type_ids", token_type_ids),
+        ("attention_mask", attention_mask),
+        ("input_mask", input_mask),
+        ("perm_mask", perm_mask),
+        ("target_mapping", target_mapping),
+    ):
         if isinstance(t, torch.Tensor):
             check_device(name, t, device)
     lo, hi = int(input_ids.min()), int(input_ids.max())
@@ -139,8 +144,10 @@ def check_inputs(
                 raise ValueError(f"{name}: expected a floating-point tensor, got dtype {mem.dtype}")
             check_device(name, mem, device)
             if dtype is not None and mem.dtype != dtype and not torch.is_autocast_enabled(mem.device.type):
-                raise ValueError(f"{name}: expected the model's dtype {dtype} (the memory is concatenated with h), "
-                                 f"got dtype {mem.dtype}")
+                raise ValueError(
+                    f"{name}: expected the model's dtype {dtype} (the memory is concatenated with h), "
+                    f"got dtype {mem.dtype}"
+                )
             if mlen is None:
                 mlen = mem.shape[1]
             elif mem.shape[1] != mlen:

@@ -45,15 +45,11 @@ class XLNetConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"XLNetConfig.{name}: expected a positive int, got {value!r}")
         if self.d_model % self.n_head != 0:
-            raise ValueError(
-                f"XLNetConfig.d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}"
-            )
+            raise ValueError(f"XLNetConfig.d_model: expected a multiple of n_head={self.n_head}, got {self.d_model}")
         if self.attn_type not in ATTN_TYPES:
             raise ValueError(f"XLNetConfig.attn_type: expected one of {ATTN_TYPES}, got {self.attn_type!r}")
         if self.ff_activation not in FF_ACTIVATIONS:
-            raise ValueError(
-                f"XLNetConfig.ff_activation: expected one of {FF_ACTIVATIONS}, got {self.ff_activation!r}"
-            )
+            raise ValueError(f"XLNetConfig.ff_activation: expected one of {FF_ACTIVATIONS}, got {self.ff_activation!r}")
         if isinstance(self.clamp_len, bool) or not isinstance(self.clamp_len, int):
             raise ValueError(f"XLNetConfig.clamp_len: expected an int (<= 0 means no clamping), got {self.clamp_len!r}")
         for name in ("mem_len", "reuse_len"):
@@ -77,7 +73,7 @@ class XLNetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "XLNetConfig":
+    def from_dict(cls, d: dict) -> XLNetConfig:
         return dataclass_from_dict(cls, d)
 
 

@@ -86,7 +86,7 @@ class HeadConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HeadConfig":
+    def from_dict(cls, d: dict) -> HeadConfig:
         return dataclass_from_dict(cls, d)
 
 
@@ -201,8 +201,9 @@ class _Head(nn.Module):
 
     @staticmethod
     def _output(out: XLNetOutput, **fields) -> XLNetHeadOutput:
-        return XLNetHeadOutput(mems=out.mems, hidden_states=out.hidden_states, attentions=out.attentions, backbone=out,
-                               **fields)
+        return XLNetHeadOutput(
+            mems=out.mems, hidden_states=out.hidden_states, attentions=out.attentions, backbone=out, **fields
+        )
 
 
 # ------------------------------------------------------------------------- classification heads
@@ -243,15 +244,26 @@ class XLNetForSequenceClassification(_Head):
             b = input_ids.shape[0]
             kind = self.problem_type(labels)
             if kind == "regression":
-                loss = F.mse_loss(logits.squeeze(), labels.squeeze()) if self.num_labels == 1 else F.mse_loss(logits, labels)
+                loss = (
+                    F.mse_loss(logits.squeeze(), labels.squeeze())
+                    if self.num_labels == 1
+                    else F.mse_loss(logits, labels)
+                )
             elif kind == "single_label_classification":
-                _check_index("labels", labels.reshape(-1), shape=(b,), upper=self.num_labels, allow_ignore=True,
-                             what=f"class of each sequence, num_labels={self.num_labels}")
+                _check_index(
+                    "labels",
+                    labels.reshape(-1),
+                    shape=(b,),
+                    upper=self.num_labels,
+                    allow_ignore=True,
+                    what=f"class of each sequence, num_labels={self.num_labels}",
+                )
                 loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
             else:
                 if tuple(labels.shape) != tuple(logits.shape):
-                    raise ValueError(f"labels: expected shape {list(logits.shape)} (multi-label targets), "
-                                     f"got {list(labels.shape)}")
+                    raise ValueError(
+                        f"labels: expected shape {list(logits.shape)} (multi-label targets), got {list(labels.shape)}"
+                    )
                 loss = F.binary_cross_entropy_with_logits(logits, labels)
         return self._output(out, loss=loss, logits=logits)
 
@@ -272,8 +284,14 @@ class XLNetForTokenClassification(_Head):
         logits = self.classifier(out.last_hidden_state)  # [b, i, l]
         loss = None
         if labels is not None:
-            _check_index("labels", labels, shape=logits.shape[:-1], upper=self.num_labels, allow_ignore=True,
-                         what=f"class of each position, num_labels={self.num_labels}")
+            _check_index(
+                "labels",
+                labels,
+                shape=logits.shape[:-1],
+                upper=self.num_labels,
+                allow_ignore=True,
+                what=f"class of each position, num_labels={self.num_labels}",
+            )
             loss = F.cross_entropy(logits.reshape(-1, self.num_labels), labels.reshape(-1))
         return self._output(out, loss=loss, logits=logits)
 
@@ -306,15 +324,23 @@ class XLNetForMultipleChoice(_Head):
             if name in ("token_type_ids", "attention_mask", "input_mask") and value is not None:
                 if not isinstance(value, torch.Tensor) or tuple(value.shape) != (b, c, i):
                     got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise ValueError(f"{name}: expected shape [{b}, {c}, {i}] ([batch, choices, length]) like input_ids, got {got}")
+                    raise ValueError(
+                        f"{name}: expected shape [{b}, {c}, {i}] ([batch, choices, length]) like input_ids, got {got}"
+                    )
                 value = value.reshape(b * c, i)
             flat[name] = value
         out = self._backbone(input_ids.reshape(b * c, i), flat)
         logits = self.logits_proj(self.sequence_summary(out.last_hidden_state)).view(b, c)  # [b, c]
         loss = None
         if labels is not None:
-            _check_index("labels", labels.reshape(-1), shape=(b,), upper=c, allow_ignore=True,
-                         what=f"index of the right choice, {c} choices")
+            _check_index(
+                "labels",
+                labels.reshape(-1),
+                shape=(b,),
+                upper=c,
+                allow_ignore=True,
+                what=f"index of the right choice, {c} choices",
+            )
             loss = F.cross_entropy(logits, labels.view(-1))
         return self._output(out, loss=loss, logits=logits)
 
@@ -333,14 +359,21 @@ class XLNetForQuestionAnsweringSimple(_Head):
     def __init__(self, config: XLNetConfig, head: HeadConfig | None = None):
         super().__init__(config, head)
         if self.head_config.num_labels != 2:
-            raise ValueError(f"head.num_labels: expected 2 (start and end) for question answering, "
-                             f"got {self.head_config.num_labels}")
+            raise ValueError(
+                f"head.num_labels: expected 2 (start and end) for question answering, got {self.head_config.num_labels}"
+            )
         self.num_labels = 2
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.head_parameters_init()
 
-    def forward(self, input_ids: torch.Tensor, *, start_positions: torch.Tensor | None = None,
-                end_positions: torch.Tensor | None = None, **backbone_kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        **backbone_kwargs,
+    ):
         """start_positions, end_positions [b]. Returns loss (with both), start_logits and end_logits [b, i]."""
         out = self._backbone(input_ids, backbone_kwargs)
         start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(-1)  # [b, i] each
@@ -349,12 +382,16 @@ class XLNetForQuestionAnsweringSimple(_Head):
             b, i = start_logits.shape
             for name, pos in (("start_positions", start_positions), ("end_positions", end_positions)):
                 # at or past the end is allowed: ignored, as transformers does
-                _check_index(name, pos.reshape(-1), shape=(b,), upper=torch.iinfo(torch.long).max, what="answer position")
+                _check_index(
+                    name, pos.reshape(-1), shape=(b,), upper=torch.iinfo(torch.long).max, what="answer position"
+                )
             ignored = i
             start = start_positions.reshape(-1).clamp(0, ignored)
             end = end_positions.reshape(-1).clamp(0, ignored)
-            loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
-                    + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
+            loss = (
+                F.cross_entropy(start_logits, start, ignore_index=ignored)
+                + F.cross_entropy(end_logits, end, ignore_index=ignored)
+            ) / 2
         return self._output(out, loss=loss, start_logits=start_logits.contiguous(), end_logits=end_logits.contiguous())
 
 
@@ -413,7 +450,9 @@ class PoolerAnswerClass(nn.Module):
         self.activation = nn.Tanh()
         self.dense_1 = nn.Linear(config.d_model, 1, bias=False)
 
-    def forward(self, h: torch.Tensor, start_states: torch.Tensor, cls_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, start_states: torch.Tensor, cls_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """h [b, i, m], start_states [b, m], cls_index [b] (None: the last token, XLNet's CLS) -> [b]."""
         if cls_index is None:
             cls_state = h[:, -1]  # [b, m]
@@ -447,9 +486,17 @@ class XLNetForQuestionAnswering(_Head):
         self.answer_class = PoolerAnswerClass(config)
         self.head_parameters_init()
 
-    def forward(self, input_ids: torch.Tensor, *, start_positions: torch.Tensor | None = None,
-                end_positions: torch.Tensor | None = None, is_impossible: torch.Tensor | None = None,
-                cls_index: torch.Tensor | None = None, p_mask: torch.Tensor | None = None, **backbone_kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        is_impossible: torch.Tensor | None = None,
+        cls_index: torch.Tensor | None = None,
+        p_mask: torch.Tensor | None = None,
+        **backbone_kwargs,
+    ):
         """start_positions, end_positions, is_impossible (float 0/1), cls_index: [b]; p_mask [b, i]
         (1 = cannot be in the answer). Training: loss. Otherwise the beam outputs and cls_logits."""
         out = self._backbone(input_ids, backbone_kwargs)
@@ -471,32 +518,48 @@ class XLNetForQuestionAnswering(_Head):
             end_logits = self.end_logits(h, h_start, p_mask=p_mask)  # [b, i]
             loss = (F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)) / 2
             if cls_index is not None and is_impossible is not None:
-                cls_logits = self.answer_class(h, h.gather(1, start_positions[:, None, None].expand(-1, 1, m)).squeeze(1),
-                                               cls_index=cls_index)
+                cls_logits = self.answer_class(
+                    h, h.gather(1, start_positions[:, None, None].expand(-1, 1, m)).squeeze(1), cls_index=cls_index
+                )
                 loss = loss + 0.5 * F.binary_cross_entropy_with_logits(cls_logits, is_impossible.reshape(-1))
             return self._output(out, loss=loss)
 
         if self.start_n_top > i or self.end_n_top > i:
-            raise ValueError(f"input_ids: expected at least max(start_n_top, end_n_top) = "
-                             f"{max(self.start_n_top, self.end_n_top)} positions for the beam search, got {i}")
+            raise ValueError(
+                f"input_ids: expected at least max(start_n_top, end_n_top) = "
+                f"{max(self.start_n_top, self.end_n_top)} positions for the beam search, got {i}"
+            )
         start_probs = start_logits.softmax(dim=-1)  # p^s [b, i]
         start_top_probs, start_top_index = start_probs.topk(self.start_n_top, dim=-1)  # [b, t]
         h_top = h.gather(1, start_top_index[..., None].expand(-1, -1, m))  # [b, t, m]
         h_top = h_top[:, None].expand(-1, i, -1, -1)  # [b, i, t, m]
-        end_logits = self.end_logits(h[:, :, None].expand_as(h_top), h_top,
-                                     p_mask=None if p_mask is None else p_mask[..., None])  # [b, i, t]
+        end_logits = self.end_logits(
+            h[:, :, None].expand_as(h_top), h_top, p_mask=None if p_mask is None else p_mask[..., None]
+        )  # [b, i, t]
         end_probs = end_logits.softmax(dim=1)  # p^e over i for each start candidate t
         end_top_probs, end_top_index = end_probs.topk(self.end_n_top, dim=1)  # [b, e, t]
         expected_start = torch.einsum("bim,bi->bm", h, start_probs)  # sum_i p^s_i h_i
         cls_logits = self.answer_class(h, expected_start, cls_index=cls_index)  # [b]
-        return self._output(out, start_top_log_probs=start_top_probs, start_top_index=start_top_index,
-                            end_top_log_probs=end_top_probs.reshape(b, -1), end_top_index=end_top_index.reshape(b, -1),
-                            cls_logits=cls_logits)
+        return self._output(
+            out,
+            start_top_log_probs=start_top_probs,
+            start_top_index=start_top_index,
+            end_top_log_probs=end_top_probs.reshape(b, -1),
+            end_top_index=end_top_index.reshape(b, -1),
+            cls_logits=cls_logits,
+        )
 
 
-HEADS = {cls.__name__: cls for cls in (XLNetForSequenceClassification, XLNetForTokenClassification,
-                                       XLNetForMultipleChoice, XLNetForQuestionAnsweringSimple,
-                                       XLNetForQuestionAnswering)}
+HEADS = {
+    cls.__name__: cls
+    for cls in (
+        XLNetForSequenceClassification,
+        XLNetForTokenClassification,
+        XLNetForMultipleChoice,
+        XLNetForQuestionAnsweringSimple,
+        XLNetForQuestionAnswering,
+    )
+}
 HEAD_CLASS_NAMES = tuple(HEADS)
 
 

@@ -29,8 +29,21 @@ from .model import XLNetLMHeadModel, XLNetModel
 
 # fields that mean the same on both sides (XLNetConfig uses transformers' names)
 SHARED_FIELDS = (
-    "vocab_size", "d_model", "n_layer", "n_head", "d_inner", "ff_activation", "attn_type", "bi_data",
-    "clamp_len", "same_length", "mem_len", "reuse_len", "dropout", "layer_norm_eps", "initializer_range",
+    "vocab_size",
+    "d_model",
+    "n_layer",
+    "n_head",
+    "d_inner",
+    "ff_activation",
+    "attn_type",
+    "bi_data",
+    "clamp_len",
+    "same_length",
+    "mem_len",
+    "reuse_len",
+    "dropout",
+    "layer_norm_eps",
+    "initializer_range",
 )
 BIASES = ("r_w_bias", "r_r_bias", "r_s_bias")
 
@@ -40,8 +53,17 @@ def config_from_hf(hf_config, *, untie_r: bool = True) -> XLNetConfig:
 
 
 # HeadConfig fields that transformers' XLNetConfig holds under the same name
-HEAD_FIELDS = ("num_labels", "problem_type", "summary_type", "summary_use_proj", "summary_activation",
-               "summary_first_dropout", "summary_last_dropout", "start_n_top", "end_n_top")
+HEAD_FIELDS = (
+    "num_labels",
+    "problem_type",
+    "summary_type",
+    "summary_use_proj",
+    "summary_activation",
+    "summary_first_dropout",
+    "summary_last_dropout",
+    "start_n_top",
+    "end_n_top",
+)
 
 
 def config_to_hf(config: XLNetConfig, head: HeadConfig | None = None):
@@ -54,8 +76,10 @@ def config_to_hf(config: XLNetConfig, head: HeadConfig | None = None):
 def head_config_from_hf(hf_config) -> HeadConfig:
     """transformers' head settings -> HeadConfig (summary_first_dropout is absent there unless set: 0)."""
     if getattr(hf_config, "summary_proj_to_labels", False):
-        raise ValueError("hf_model.config.summary_proj_to_labels: expected False/absent (XLNet projects the summary "
-                         "to d_model, then logits_proj to the labels), got True")
+        raise ValueError(
+            "hf_model.config.summary_proj_to_labels: expected False/absent (XLNet projects the summary "
+            "to d_model, then logits_proj to the labels), got True"
+        )
     values = {f: getattr(hf_config, f) for f in HEAD_FIELDS if hasattr(hf_config, f)}
     values["summary_activation"] = values.get("summary_activation") or "linear"  # none given = identity
     return HeadConfig(**values)
@@ -105,7 +129,7 @@ def load_hf_state_dict(model, tensors: dict[str, torch.Tensor]) -> None:
     """Copy tensors named as transformers names them (``XLNetLMHeadModel``: ``transformer.…`` and
     ``lm_loss.bias``; ``XLNetModel``: no prefix) into our model of the matching kind, no transformers needed."""
     if isinstance(model, XLNetLMHeadModel):
-        backbone = {k[len("transformer."):]: v for k, v in tensors.items() if k.startswith("transformer.")}
+        backbone = {k[len("transformer.") :]: v for k, v in tensors.items() if k.startswith("transformer.")}
         _load_backbone_from_hf(model.transformer, backbone)
         if "lm_loss.bias" not in tensors:
             raise ValueError("tensors: expected 'lm_loss.bias' for an XLNetLMHeadModel, found none")
@@ -182,8 +206,10 @@ def to_hf(model):
     elif isinstance(model, XLNetModel):
         backbone, hf_class = model, HFModel
     else:
-        raise ValueError(f"model: expected xlnet_ref's XLNetModel, XLNetLMHeadModel or one of {sorted(HEADS)}, "
-                         f"got {type(model).__name__}")
+        raise ValueError(
+            f"model: expected xlnet_ref's XLNetModel, XLNetLMHeadModel or one of {sorted(HEADS)}, "
+            f"got {type(model).__name__}"
+        )
     dtype = backbone.word_embedding.weight.dtype
     hf = hf_class(config_to_hf(model.config)).to(dtype)
     hf_backbone = hf.transformer if hf_class is HFLM else hf

@@ -172,14 +172,25 @@ class XLNetModel(nn.Module):
 
         # R in float32 as both reference codes compute it, then in the model's dtype
         pos_emb = relative_positional_encoding(
-            qlen, klen, d_model=cfg.d_model, attn_type=cfg.attn_type, bi_data=cfg.bi_data,
-            clamp_len=cfg.clamp_len, device=device,
+            qlen,
+            klen,
+            d_model=cfg.d_model,
+            attn_type=cfg.attn_type,
+            bi_data=cfg.bi_data,
+            clamp_len=cfg.clamp_len,
+            device=device,
         ).to(dtype)  # [p, r, m]
         pos_emb = self.dropout(pos_emb)
 
         if trace is not None:
-            trace.update(word_emb=h, pos_emb=pos_emb, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask,
-                         seg_diff=seg_diff, target_pos=target_pos)
+            trace.update(
+                word_emb=h,
+                pos_emb=pos_emb,
+                attn_mask=attn_mask,
+                non_tgt_mask=non_tgt_mask,
+                seg_diff=seg_diff,
+                target_pos=target_pos,
+            )
         new_mems = [] if cfg.mem_len else None
         attentions = [] if output_attentions else None
         hidden_states = [] if output_hidden_states else None
@@ -193,8 +204,16 @@ class XLNetModel(nn.Module):
             # W_{k,R} R is the same for every batch row of a half: project it once per layer
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
             h, g, prob_h, prob_g = layer(
-                h, g, mem=mem, k_r=k_r, trace=layer_trace, seg_diff=seg_diff, attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask, target_pos=target_pos, target_valid=target_valid,
+                h,
+                g,
+                mem=mem,
+                k_r=k_r,
+                trace=layer_trace,
+                seg_diff=seg_diff,
+                attn_mask=attn_mask,
+                non_tgt_mask=non_tgt_mask,
+                target_pos=target_pos,
+                target_valid=target_valid,
                 **self.layer_biases(layer_index),
             )
             if trace is not None:
@@ -209,8 +228,9 @@ class XLNetModel(nn.Module):
 
         content = self.dropout(h)
         query = self.dropout(g) if g is not None else None
-        return XLNetOutput(content=content, query=query, mems=new_mems, attentions=attentions,
-                           hidden_states=hidden_states)
+        return XLNetOutput(
+            content=content, query=query, mems=new_mems, attentions=attentions, hidden_states=hidden_states
+        )
 
 
 class XLNetLMHeadModel(nn.Module):

@@ -162,7 +162,7 @@ def partial_prediction_targets(order: torch.Tensor, *, K: int | float) -> torch.
     seq_len = order.shape[0]
     n = max(1, int(seq_len / K))  # |z| - c
     is_target = torch.zeros(seq_len, dtype=torch.bool, device=order.device)  # [T]
-    is_target[order[seq_len - n:]] = True
+    is_target[order[seq_len - n :]] = True
     return is_target
 
 
@@ -348,9 +348,9 @@ def plm_loss(logits: torch.Tensor, target_ids: torch.Tensor, target_weights: tor
         raise ValueError(f"target_ids: expected a long tensor of shape [{b}, {k}], got {_describe(target_ids)}")
     if not isinstance(target_weights, torch.Tensor) or tuple(target_weights.shape) != (b, k):
         raise ValueError(f"target_weights: expected a tensor of shape [{b}, {k}], got {_describe(target_weights)}")
-    per_token = F.cross_entropy(
-        logits.float().flatten(0, 1), target_ids.flatten(), reduction="none"
-    ).view(b, k)  # [b, k]  -log p(x_{z_t} | x_{z<t})
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), target_ids.flatten(), reduction="none").view(
+        b, k
+    )  # [b, k]  -log p(x_{z_t} | x_{z<t})
     w = target_weights.to(per_token.dtype)  # [b, k]
     per_token = torch.where(w > 0, per_token, torch.zeros_like(per_token))  # padding: removed, even if nan
     return (per_token * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)

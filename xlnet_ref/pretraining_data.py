@@ -34,8 +34,8 @@ One example of length ``T = seq_len`` with ``R = reuse_len``::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Iterator
 
 import torch
 
@@ -229,7 +229,7 @@ class PLMBatch:
     order: torch.Tensor  # [b, T] long, z: reuse part's order, then the rest's (positions >= reuse_len)
     is_target: torch.Tensor  # [b, T] bool, positions predicted
 
-    def to(self, device: torch.device | str) -> "PLMBatch":
+    def to(self, device: torch.device | str) -> PLMBatch:
         return PLMBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
@@ -379,8 +379,9 @@ def plm_batches(
         n_reuse = num_predict - n_rest
     sep = torch.tensor([sep_id])
     cls = torch.tensor([cls_id])
-    span_args = dict(mask_alpha=mask_alpha, mask_beta=mask_beta, max_span=max_span, span_unit=span_unit,
-                     generator=generator)
+    span_args = dict(
+        mask_alpha=mask_alpha, mask_beta=mask_beta, max_span=max_span, span_unit=span_unit, generator=generator
+    )
 
     start = 0
     while start + reuse_len + ab_len <= row_len:
@@ -392,26 +393,63 @@ def plm_batches(
             cut = int(torch.randint(1, ab_len, (1,), generator=generator))  # |A|, in 1..ab_len-1
             input_ids = torch.cat([reuse, text[:cut], sep, text[cut:], sep, cls])  # [T]
             token_type_ids = torch.tensor([0] * (reuse_len + cut + 1) + [1] * (ab_len - cut + 1) + [2])  # [T]
-            starts = torch.cat([row_starts[r, start : start + reuse_len], text_starts[:cut],
-                                torch.tensor([True]), text_starts[cut:], torch.tensor([True, True])])
+            starts = torch.cat(
+                [
+                    row_starts[r, start : start + reuse_len],
+                    text_starts[:cut],
+                    torch.tensor([True]),
+                    text_starts[cut:],
+                    torch.tensor([True, True]),
+                ]
+            )
             selectable = (input_ids != sep_id) & (input_ids != cls_id)  # [T]
             if reuse_len > 0:
-                in_reuse = sample_span_mask(reuse_len, num_predict=n_reuse, word_starts=starts[:reuse_len],
-                                            selectable=selectable[:reuse_len], reverse=backward[r], **span_args)
+                in_reuse = sample_span_mask(
+                    reuse_len,
+                    num_predict=n_reuse,
+                    word_starts=starts[:reuse_len],
+                    selectable=selectable[:reuse_len],
+                    reverse=backward[r],
+                    **span_args,
+                )
             else:
                 in_reuse = torch.zeros(0, dtype=torch.bool)
-            in_rest = sample_span_mask(seq_len - reuse_len, num_predict=n_rest, word_starts=starts[reuse_len:],
-                                       selectable=selectable[reuse_len:], reverse=backward[r], **span_args)
+            in_rest = sample_span_mask(
+                seq_len - reuse_len,
+                num_predict=n_rest,
+                word_starts=starts[reuse_len:],
+                selectable=selectable[reuse_len:],
+                reverse=backward[r],
+                **span_args,
+            )
             is_target = torch.cat([in_reuse, in_rest])  # [T]
             examples.append((input_ids, token_type_ids, is_target))
 
         k = num_predict if num_predict is not None else max(int(t.sum()) for _, _, t in examples)
-        columns = {name: [] for name in ("input_ids", "token_type_ids", "perm_mask", "target_mapping",
-                                         "target_ids", "target_weights", "order", "is_target")}
+        columns = {
+            name: []
+            for name in (
+                "input_ids",
+                "token_type_ids",
+                "perm_mask",
+                "target_mapping",
+                "target_ids",
+                "target_weights",
+                "order",
+                "is_target",
+            )
+        }
         for input_ids, token_type_ids, is_target in examples:
             order, perm_mask, target_mapping, target_positions, target_weights = example_masks(
-                input_ids, is_target, reuse_len=reuse_len, sep_id=sep_id, cls_id=cls_id,
-                perm_size=perm_size, num_predict=k, generator=generator)
+                input_ids,
+                is_target,
+                reuse_len=reuse_len,
+                sep_id=sep_id,
+                cls_id=cls_id,
+                perm_size=perm_size,
+                num_predict=k,
+                generator=generator,
+            )
             columns["input_ids"].append(input_ids)
             columns["token_type_ids"].append(token_type_ids)
             columns["perm_mask"].append(perm_mask)

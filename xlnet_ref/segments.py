@@ -28,7 +28,9 @@ def segment_difference(token_type_ids: torch.Tensor, mlen: int) -> torch.Tensor:
     return token_type_ids[:, :, None] != key_ids[:, None, :]
 
 
-def segment_term(q: torch.Tensor, r_s_bias: torch.Tensor, seg_embed: torch.Tensor, seg_diff: torch.Tensor) -> torch.Tensor:
+def segment_term(
+    q: torch.Tensor, r_s_bias: torch.Tensor, seg_embed: torch.Tensor, seg_diff: torch.Tensor
+) -> torch.Tensor:
     r"""ef[b, n, i, j] = (q_i + r_s_bias) . seg_embed[s_ij]  (XLNet Sec. 2.5).
 
     q: [b, i, n, d], r_s_bias: [n, d], seg_embed: [2, n, d] (row 0 same segment, row 1 different),

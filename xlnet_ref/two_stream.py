@@ -135,8 +135,17 @@ def query_stream_scatter(
     q_g = attn.project(g, attn.q)  # [b, k, n, d]
     q_scattered = torch.einsum("bknd,bkl->blnd", q_g, target_mapping)  # [b, i, n, d]
     vec, _ = attn.attend(
-        q_scattered, k_h, v_h, k_r, mask=attn_mask, seg_diff=seg_diff, query_pos=None,
-        r_w_bias=r_w_bias, r_r_bias=r_r_bias, r_s_bias=r_s_bias, qlen=qlen,
+        q_scattered,
+        k_h,
+        v_h,
+        k_r,
+        mask=attn_mask,
+        seg_diff=seg_diff,
+        query_pos=None,
+        r_w_bias=r_w_bias,
+        r_r_bias=r_r_bias,
+        r_s_bias=r_s_bias,
+        qlen=qlen,
     )
     vec_g = torch.einsum("blnd,bkl->bknd", vec, target_mapping)
     return attn.post_attention(g, vec_g)

@@ -112,7 +112,9 @@ def check_lab(lab: str, course: Path, api, gradebook_cls, *, write_release: bool
     nb_name = f"{lab}.ipynb"
     result = api.generate_assignment(lab, force=True)
     if not result["success"]:
-        return [lab, "generate failed", "-", "-", "-"], [f"{lab}: generate_assignment failed:\n{result.get('error', '')}"]
+        return [lab, "generate failed", "-", "-", "-"], [
+            f"{lab}: generate_assignment failed:\n{result.get('error', '')}"
+        ]
     fresh = course / "release" / lab / nb_name
     committed = LABS / "release" / lab / nb_name
     if write_release:
@@ -120,15 +122,20 @@ def check_lab(lab: str, course: Path, api, gradebook_cls, *, write_release: bool
         shutil.copyfile(fresh, committed)
     diff = release_diff(fresh, committed)
     if diff:
-        failures.append(f"{lab}: release out of date: {diff} (regenerate: python tests/labs/check_labs.py --write-release)")
+        failures.append(
+            f"{lab}: release out of date: {diff} (regenerate: python tests/labs/check_labs.py --write-release)"
+        )
     source_nb = nbformat.read(course / "source" / lab / nb_name, 4)
     release_nb = nbformat.read(fresh, 4)
     leaks = leaked_solution(source_nb, release_nb)
     if leaks:
         failures.append(f"{lab}: solution text in the student version: {leaks[:3]}")
 
-    tests = {nbgrader_meta(c)["grade_id"]: nbgrader_meta(c)["points"] for c in source_nb.cells
-             if nbgrader_meta(c).get("grade")}
+    tests = {
+        nbgrader_meta(c)["grade_id"]: nbgrader_meta(c)["points"]
+        for c in source_nb.cells
+        if nbgrader_meta(c).get("grade")
+    }
     max_score = sum(tests.values())
     wrongs = [w for w in WRONG_ANSWERS if w.lab == lab]
     if not wrongs:
@@ -175,17 +182,21 @@ def check_lab(lab: str, course: Path, api, gradebook_cls, *, write_release: bool
         losing = {t for w in group for t in w.tests}
         expected = {g: (0 if g in losing else p) for g, p in tests.items()}
         if scores[student] != expected:
-            failures.append(f"{lab}: wrong answers to {[w.cell for w in group]}: scores {scores[student]}, "
-                            f"expected {expected}")
+            failures.append(
+                f"{lab}: wrong answers to {[w.cell for w in group]}: scores {scores[student]}, expected {expected}"
+            )
         graded = nbformat.read(course / "autograded" / student / lab / nb_name, 4)
         for w in group:
             ok = all(scores[student].get(t) == 0 for t in w.tests) and all(
-                scores[student][g] == tests[g] for g in tests if g not in losing)
+                scores[student][g] == tests[g] for g in tests if g not in losing
+            )
             text = cell_text(graded, w.tests[0])
             if w.hint not in text:
                 ok = False
-                failures.append(f"{lab}: wrong answer to {w.cell}: the feedback of {w.tests[0]} lacks the hint "
-                                f"{w.hint!r}; it printed:\n{text[-1500:]}")
+                failures.append(
+                    f"{lab}: wrong answer to {w.cell}: the feedback of {w.tests[0]} lacks the hint "
+                    f"{w.hint!r}; it printed:\n{text[-1500:]}"
+                )
             wrong_ok += ok
     row = [
         lab,
@@ -200,8 +211,12 @@ def check_lab(lab: str, course: Path, api, gradebook_cls, *, write_release: bool
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("labs", nargs="*", help="lab names (default: every folder under notebooks/labs/source)")
-    parser.add_argument("--write-release", action="store_true", help="copy the fresh student versions into notebooks/labs/release")
-    parser.add_argument("--keep", metavar="DIR", help="use this course folder (kept afterwards) instead of a temporary one")
+    parser.add_argument(
+        "--write-release", action="store_true", help="copy the fresh student versions into notebooks/labs/release"
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="use this course folder (kept afterwards) instead of a temporary one"
+    )
     args = parser.parse_args(argv)
     labs = args.labs or sorted(p.name for p in (LABS / "source").iterdir() if p.is_dir())
 
@@ -221,8 +236,9 @@ def main(argv=None) -> int:
         course.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(LABS / "nbgrader_config.py", course / "nbgrader_config.py")
         for lab in labs:
-            shutil.copytree(LABS / "source" / lab, course / "source" / lab,
-                            ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+            shutil.copytree(
+                LABS / "source" / lab, course / "source" / lab, ignore=shutil.ignore_patterns(".ipynb_checkpoints")
+            )
         config = Config()
         config.merge(PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config())
         config.CourseDirectory.root = str(course)

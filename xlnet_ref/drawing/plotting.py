@@ -47,8 +47,9 @@ def smooth(values: list[float], *, window: int = 20) -> list[float]:
     return out
 
 
-def plot_history(history: list[dict], *, axes=None, title: str | None = None,
-                 baselines: dict[str, float] | None = None):
+def plot_history(
+    history: list[dict], *, axes=None, title: str | None = None, baselines: dict[str, float] | None = None
+):
     """Left: training PLM loss (raw and smoothed) with held-out PLM and left-to-right losses; right: learning rate.
 
     history: the list of dicts that :func:`xlnet_ref.training.train.train` returns (``kind`` "train" / "eval").
@@ -93,7 +94,7 @@ def plot_history(history: list[dict], *, axes=None, title: str | None = None,
     ax_loss.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     lrs = [r["lr"] for r in train_rows]
     exponent = math.floor(math.log10(max(lrs))) if max(lrs) > 0 else 0  # the scale goes into the label, not
-    ax_lr.plot(steps, [lr / 10 ** exponent for lr in lrs], color="tab:purple")  # into an offset text under the title
+    ax_lr.plot(steps, [lr / 10**exponent for lr in lrs], color="tab:purple")  # into an offset text under the title
     ax_lr.set_xlabel("step")
     ax_lr.set_ylabel(f"learning rate (× 1e{exponent})" if exponent else "learning rate")
     ax_lr.set_title("warm-up, linear decay", fontsize=10)
@@ -155,12 +156,15 @@ def draw_attention(
         raise ValueError(f"draw_attention: hidden: expected shape {list(p.shape)} like prob, got {list(h.shape)}")
     if (p[h] != 0).any():
         worst = float(np.abs(p[h]).max())
-        raise ValueError(f"draw_attention: hidden: expected exactly zero probability on masked cells, got up to {worst:g}")
+        raise ValueError(
+            f"draw_attention: hidden: expected exactly zero probability on masked cells, got up to {worst:g}"
+        )
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 3.6), layout="constrained")
     cmap = colormaps["viridis"].with_extremes(bad=MASKED_COLOUR)
-    image = ax.imshow(np.ma.masked_array(p, mask=h), cmap=cmap, vmin=0, vmax=vmax, aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_array(p, mask=h), cmap=cmap, vmin=0, vmax=vmax, aspect="auto", interpolation="nearest"
+    )
     if annotate:
         lo, hi = image.get_clim()
         for (i, j), value in np.ndenumerate(p):
@@ -218,14 +222,15 @@ def plot_two_stream_attention(
     stream's mask, the content stream's is the same with the diagonal cleared); target_positions: the
     position each row of prob_g predicts; labels: one per position of the segment (length i).
     """
-    import numpy as np
 
     plt = _pyplot()
     qlen = prob_h.shape[0]
     if prob_h.dim() != 2 or prob_h.shape[1] != mlen + qlen:
         raise ValueError(f"prob_h: expected shape [i, mlen + i] = [{qlen}, {mlen + qlen}], got {list(prob_h.shape)}")
     if prob_g.dim() != 2 or prob_g.shape != (len(target_positions), mlen + qlen):
-        raise ValueError(f"prob_g: expected shape [k, j] = [{len(target_positions)}, {mlen + qlen}], got {list(prob_g.shape)}")
+        raise ValueError(
+            f"prob_g: expected shape [k, j] = [{len(target_positions)}, {mlen + qlen}], got {list(prob_g.shape)}"
+        )
     if tuple(perm_mask.shape) != (qlen, qlen):
         raise ValueError(f"perm_mask: expected shape [i, i] = [{qlen}, {qlen}], got {list(perm_mask.shape)}")
     if labels is not None and len(labels) != qlen:
@@ -246,14 +251,26 @@ def plot_two_stream_attention(
     height = 2 * (0.24 * k + 1.4) + 1.2
     fig = plt.figure(figsize=(width, height), layout="constrained")
     grid = fig.add_gridspec(2, 2 if mlen else 1, width_ratios=[1.2, 0.155 * qlen] if mlen else None)
-    streams = (("content stream h at the target positions (sees its own token)", seg_h, hidden_h, h_rows),
-               ("query stream g, one row per target (must not see its own token: red box)", seg_g, hidden_g, g_rows))
+    streams = (
+        ("content stream h at the target positions (sees its own token)", seg_h, hidden_h, h_rows),
+        ("query stream g, one row per target (must not see its own token: red box)", seg_g, hidden_g, g_rows),
+    )
     image = None
     for r, (name, seg, hidden, full) in enumerate(streams):
         ax = fig.add_subplot(grid[r, -1])
-        image = draw_attention(seg, hidden=hidden, ax=ax, title=name, vmax=vmax, colorbar=False,
-                               xticklabels=seg_labels, yticklabels=row_labels, tick_fontsize=tick_fontsize,
-                               xlabel="key j: the segment's tokens" if r == 1 else "", ylabel="target (position, token)")
+        image = draw_attention(
+            seg,
+            hidden=hidden,
+            ax=ax,
+            title=name,
+            vmax=vmax,
+            colorbar=False,
+            xticklabels=seg_labels,
+            yticklabels=row_labels,
+            tick_fontsize=tick_fontsize,
+            xlabel="key j: the segment's tokens" if r == 1 else "",
+            ylabel="target (position, token)",
+        )
         for row, p in enumerate(target_positions):
             ax.add_patch(plt.Rectangle((p - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.4))
         if mlen:
@@ -261,8 +278,15 @@ def plot_two_stream_attention(
             total = full[:, :mlen].sum(-1, keepdim=True).numpy()  # [k, 1]
             mem_ax.imshow(total, cmap="Oranges", vmin=0, vmax=1, aspect="auto")
             for row, value in enumerate(total[:, 0]):
-                mem_ax.text(0, row, f"{value:.2f}", ha="center", va="center", fontsize=tick_fontsize,
-                            color="white" if value > 0.6 else "black")
+                mem_ax.text(
+                    0,
+                    row,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=tick_fontsize,
+                    color="white" if value > 0.6 else "black",
+                )
             mem_ax.set_xticks([0], [f"Σ {mlen}\nmemory\nkeys"], fontsize=tick_fontsize)
             mem_ax.set_yticks([])
             if r == 0:
@@ -290,8 +314,9 @@ def memory_attention_mass(attentions: list, *, mlen: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def uniform_memory_mass(perm_mask: torch.Tensor, target_mapping: torch.Tensor | None = None, *,
-                        mlen: int) -> torch.Tensor:
+def uniform_memory_mass(
+    perm_mask: torch.Tensor, target_mapping: torch.Tensor | None = None, *, mlen: int
+) -> torch.Tensor:
     r"""[2] the share of attention the memory would get if every query spread its attention evenly over
     the keys it may see: (content stream, query stream), averaged over batch and queries like
     :func:`memory_attention_mass`.
@@ -319,8 +344,10 @@ def uniform_memory_mass(perm_mask: torch.Tensor, target_mapping: torch.Tensor | 
     query = torch.tensor(float("nan"), dtype=torch.float64)
     if target_mapping is not None:
         if target_mapping.dim() != 3 or target_mapping.shape[0] != hidden.shape[0] or target_mapping.shape[2] != qlen:
-            raise ValueError(f"uniform_memory_mass: target_mapping: expected shape [b, k, {qlen}] with "
-                             f"b = {hidden.shape[0]}, got {list(target_mapping.shape)}")
+            raise ValueError(
+                f"uniform_memory_mass: target_mapping: expected shape [b, k, {qlen}] with "
+                f"b = {hidden.shape[0]}, got {list(target_mapping.shape)}"
+            )
         pos, valid = target_positions(target_mapping.detach().cpu())  # [b, k]
         rows = hidden.gather(1, pos[:, :, None].expand(-1, -1, qlen))  # [b, k, j]
         query_visible = (~rows).sum(-1).double() + mlen  # [b, k]
@@ -328,8 +355,9 @@ def uniform_memory_mass(perm_mask: torch.Tensor, target_mapping: torch.Tensor | 
     return torch.stack([content, query]).float()
 
 
-def plot_memory_attention(mass: torch.Tensor, *, mlen: int, qlen: int, uniform: torch.Tensor | None = None,
-                          ax=None, title: str | None = None):
+def plot_memory_attention(
+    mass: torch.Tensor, *, mlen: int, qlen: int, uniform: torch.Tensor | None = None, ax=None, title: str | None = None
+):
     """Bars per layer: the share of attention on memory for both streams, each with its baseline.
 
     uniform: [2] (content, query) from :func:`uniform_memory_mass` — the share the memory gets if each
@@ -351,13 +379,25 @@ def plot_memory_attention(mass: torch.Tensor, *, mlen: int, qlen: int, uniform: 
     if uniform is not None:
         uniform = torch.as_tensor(uniform, dtype=torch.float32).reshape(-1)
         if uniform.shape != (2,):
-            raise ValueError(f"plot_memory_attention: uniform: expected [2] (content, query), got {list(uniform.shape)}")
+            raise ValueError(
+                f"plot_memory_attention: uniform: expected [2] (content, query), got {list(uniform.shape)}"
+            )
         for s, name in enumerate(("h", "g")):
             if torch.isfinite(uniform[s]):
-                ax.axhline(float(uniform[s]), color=colours[s], ls="--", lw=1.4,
-                           label=f"{name}: uniform over its visible keys ({float(uniform[s]):.2f})")
-    ax.axhline(mlen / (mlen + qlen), color="0.4", ls=":", lw=1,
-               label=f"mlen / (mlen + qlen) = {mlen / (mlen + qlen):.2f}, ignores the masks")
+                ax.axhline(
+                    float(uniform[s]),
+                    color=colours[s],
+                    ls="--",
+                    lw=1.4,
+                    label=f"{name}: uniform over its visible keys ({float(uniform[s]):.2f})",
+                )
+    ax.axhline(
+        mlen / (mlen + qlen),
+        color="0.4",
+        ls=":",
+        lw=1,
+        label=f"mlen / (mlen + qlen) = {mlen / (mlen + qlen):.2f}, ignores the masks",
+    )
     ax.set_xticks(x, [f"layer {i}" for i in x])
     ax.set_ylabel("attention mass on memory")
     ax.set_ylim(0, 1)
@@ -376,14 +416,13 @@ def _stage_slot(name: str) -> tuple[int | None, str | None, str]:
     layer = int(head[5:])
     for stream in ("content", "query"):
         if rest.startswith(stream):
-            return layer, stream, rest[len(stream):].lstrip("._")
+            return layer, stream, rest[len(stream) :].lstrip("._")
     if rest in ("q_h", "q_g"):
         return layer, "content" if rest == "q_h" else "query", "q"
     return layer, None, rest
 
 
-def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: float = 1e-12,
-                      title: str | None = None):
+def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: float = 1e-12, title: str | None = None):
     """Per-stage relative errors (in forward order) for one or more runs, one panel per run, each
     stream its own line: the content stream h and the query stream g are interleaved in the forward
     order, so one line through all stages would zig-zag between two different computations.
@@ -394,7 +433,6 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
     grey squares. Ticks name the stage kinds, with the layer written under each group. Zero errors
     are drawn at ``floor``; the first stage above ``tol`` is circled. Returns the figure.
     """
-    import numpy as np
 
     plt = _pyplot()
     if not runs:
@@ -405,11 +443,19 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
             layer, _, kind = _stage_slot(name)
             slots.setdefault((layer, kind), len(slots))
     # slots in forward order: non-layer stages before layer 0 keep their place, 'logits' etc. come last
-    fig, axes = plt.subplots(len(runs), 1, figsize=(max(9.0, 0.32 * len(slots) + 2), 2.9 * len(runs) + 1.1),
-                             sharex=True, layout="constrained", squeeze=False)
-    styles = {"content": dict(color="tab:blue", marker="o", label="content stream h"),
-              "query": dict(color="tab:orange", marker="^", label="query stream g"),
-              None: dict(color="0.35", marker="s", ls="none", label="shared: embeddings, masks, k, v, memory, logits")}
+    fig, axes = plt.subplots(
+        len(runs),
+        1,
+        figsize=(max(9.0, 0.32 * len(slots) + 2), 2.9 * len(runs) + 1.1),
+        sharex=True,
+        layout="constrained",
+        squeeze=False,
+    )
+    styles = {
+        "content": dict(color="tab:blue", marker="o", label="content stream h"),
+        "query": dict(color="tab:orange", marker="^", label="query stream g"),
+        None: dict(color="0.35", marker="s", ls="none", label="shared: embeddings, masks, k, v, memory, logits"),
+    }
     for ax, (label, errors) in zip(axes[:, 0], runs.items()):
         series: dict = {"content": ([], []), "query": ([], []), None: ([], [])}
         first = None
@@ -425,9 +471,16 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
                 ax.plot(xs, ys, lw=1.2, ms=5, **styles[stream])
         if first is not None:
             ax.plot(first[0], first[1], "o", ms=13, mfc="none", mec="#c53030", mew=1.6)
-            ax.annotate(f"first departure: {first[2]}", (first[0], first[1]), xytext=(8, -14),
-                        textcoords="offset points", fontsize=9, color="#c53030",
-                        bbox=dict(fc="white", ec="none", alpha=0.85, pad=1), zorder=1.5)  # under the lines
+            ax.annotate(
+                f"first departure: {first[2]}",
+                (first[0], first[1]),
+                xytext=(8, -14),
+                textcoords="offset points",
+                fontsize=9,
+                color="#c53030",
+                bbox=dict(fc="white", ec="none", alpha=0.85, pad=1),
+                zorder=1.5,
+            )  # under the lines
         ax.axhline(tol, color="#c53030", ls="--", lw=1, label=f"tolerance {tol:g}")
         ax.set_yscale("log")
         ax.set_ylim(floor / 5, 10)
@@ -436,7 +489,7 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
         ax.grid(axis="y", alpha=0.3)
         layers = sorted({layer for layer, _ in slots if layer is not None})
         for layer in layers[1:]:
-            start = min(x for (l, _), x in slots.items() if l == layer)
+            start = min(x for (at, _), x in slots.items() if at == layer)
             ax.axvline(start - 0.5, color="0.6", lw=0.8)
     handles, names = axes[0, 0].get_legend_handles_labels()
     for ax in axes[1:, 0]:  # a stream that appears only in a later run still gets its entry
@@ -449,9 +502,17 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
     ordered = sorted(slots.items(), key=lambda item: item[1])
     bottom.set_xticks([x for _, x in ordered], [kind for (_, kind), _ in ordered], rotation=90, fontsize=8)
     for layer in sorted({layer for layer, _ in slots if layer is not None}):
-        xs = [x for (l, _), x in slots.items() if l == layer]
-        bottom.annotate(f"layer {layer}", xy=((min(xs) + max(xs)) / 2, 0), xycoords=("data", "axes fraction"),
-                        xytext=(0, -62), textcoords="offset points", ha="center", fontsize=10, fontweight="bold")
+        xs = [x for (at, _), x in slots.items() if at == layer]
+        bottom.annotate(
+            f"layer {layer}",
+            xy=((min(xs) + max(xs)) / 2, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -62),
+            textcoords="offset points",
+            ha="center",
+            fontsize=10,
+            fontweight="bold",
+        )
     bottom.set_xlabel(f"stage, in forward order (exact zeros drawn at {floor:g})", labelpad=24)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -477,8 +538,9 @@ def show_source(obj, *, start: str | None = None, stop: str | None = None) -> st
     if stop is not None:
         found = [n for n, line in enumerate(lines) if stop in line and n >= lo]
         if not found:
-            raise ValueError(f"show_source: stop: expected a substring of a line of {obj.__qualname__} "
-                             f"after start, got {stop!r}")
+            raise ValueError(
+                f"show_source: stop: expected a substring of a line of {obj.__qualname__} after start, got {stop!r}"
+            )
         hi = found[0]
     path = Path(inspect.getsourcefile(obj)).resolve()
     package = Path(__file__).resolve().parents[2]  # the repository root

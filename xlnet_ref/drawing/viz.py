@@ -11,8 +11,8 @@ matrices are drawn with the query i down the rows and the key j across the colum
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -103,8 +103,9 @@ def draw_matrix(
     image = ax.imshow(m, cmap=colours, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     if hidden is not None:
         for i, j in zip(*np.nonzero(hidden)):
-            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#a0aec0",
-                                       linewidth=0))
+            ax.add_patch(
+                plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#a0aec0", linewidth=0)
+            )
     if annotate:
         fmt = annotate if isinstance(annotate, str) else "{:.2f}"
         lo, hi = image.get_clim()
@@ -113,8 +114,15 @@ def draw_matrix(
             if np.isnan(value):
                 continue
             dark_cell = (value - lo) / ((hi - lo) or 1.0) < 0.5 if not centered else abs(value) > 0.6 * hi
-            ax.text(j, i, fmt.format(value + 0.0), ha="center", va="center", fontsize=fontsize,  # + 0.0: no "-0"
-                    color="white" if dark_cell else "black")
+            ax.text(
+                j,
+                i,
+                fmt.format(value + 0.0),
+                ha="center",
+                va="center",
+                fontsize=fontsize,  # + 0.0: no "-0"
+                color="white" if dark_cell else "black",
+            )
     if mlen:
         ax.axvline(mlen - 0.5, color="black", linewidth=1.5)
     _ticks(ax, xticklabels, yticklabels)
@@ -180,11 +188,12 @@ def draw_panels(
         raise ValueError(f"titles: expected one per matrix ({len(matrices)}), got {len(titles)}")
     ncols = ncols or len(matrices)
     nrows = -(-len(matrices) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained", squeeze=False
+    )
     for ax, m, t in zip(axes.flat, matrices, titles):
         draw(m, ax=ax, title=t, **kwargs)
-    for ax in axes.flat[len(matrices):]:
+    for ax in axes.flat[len(matrices) :]:
         ax.set_visible(False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
@@ -205,8 +214,17 @@ def draw_sinusoid_table(
     """
     t = to_numpy(table)
     _check_2d("table", t)
-    ax = draw_matrix(t, ax=ax, title=title, xlabel="dimension (sin half | cos half)", ylabel="distance",
-                     cmap="RdBu_r", vmin=-1, vmax=1, figsize=figsize)
+    ax = draw_matrix(
+        t,
+        ax=ax,
+        title=title,
+        xlabel="dimension (sin half | cos half)",
+        ylabel="distance",
+        cmap="RdBu_r",
+        vmin=-1,
+        vmax=1,
+        figsize=figsize,
+    )
     ax.axvline(t.shape[1] / 2 - 0.5, color="black", linewidth=1)
     if positions is not None:
         positions = to_numpy(positions)
@@ -241,15 +259,22 @@ def draw_rel_shift(
         _check_2d(f"stages[{title!r}]", m)
     n_rows = int(mats[0].shape[0])
     if (mats[0] // base).max() >= n_rows or (mats[0] % base).max() >= base or mats[0].min() < 0:
-        raise ValueError(f"stages: expected the first matrix to hold codes base * i + c with 0 <= c < base={base}, "
-                         f"got values from {mats[0].min():g} to {mats[0].max():g}")
+        raise ValueError(
+            f"stages: expected the first matrix to hold codes base * i + c with 0 <= c < base={base}, "
+            f"got values from {mats[0].min():g} to {mats[0].max():g}"
+        )
     widths = [m.shape[1] for m in mats]
     height = max(m.shape[0] for m in mats)
-    fig, axes = plt.subplots(1, len(mats), figsize=(cell * sum(widths) + 1.2 * len(mats), cell * height + 1.4),
-                             layout="constrained", gridspec_kw={"width_ratios": widths})
+    fig, axes = plt.subplots(
+        1,
+        len(mats),
+        figsize=(cell * sum(widths) + 1.2 * len(mats), cell * height + 1.4),
+        layout="constrained",
+        gridspec_kw={"width_ratios": widths},
+    )
     axes = np.atleast_1d(axes)
     row_colours = ListedColormap(plt.get_cmap("Pastel1").colors[: max(n_rows, 1)])
-    for k, (ax, (title, _), m) in enumerate(zip(axes, stages, mats)):
+    for ax, (title, _), m in zip(axes, stages, mats):
         ax.imshow(m // base, cmap=row_colours, vmin=-0.5, vmax=n_rows - 0.5, aspect="equal", interpolation="nearest")
         for (i, j), value in np.ndenumerate(m):
             ax.text(j, i, f"{int(value):0{len(str(base - 1)) + 1}d}", ha="center", va="center", fontsize=8)
@@ -293,8 +318,15 @@ def draw_stage_errors(
     line = ax.plot(range(len(names)), values, marker="o", markersize=3, linewidth=1, label=label)[0]
     over = np.nonzero(values > tol)[0]
     if len(over):
-        ax.plot(over[0], values[over[0]], "o", markersize=11, markerfacecolor="none",
-                markeredgecolor=line.get_color(), markeredgewidth=1.5)
+        ax.plot(
+            over[0],
+            values[over[0]],
+            "o",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor=line.get_color(),
+            markeredgewidth=1.5,
+        )
     ax.axhline(tol, color="#c53030", linestyle="--", linewidth=1)
     ax.set_yscale("log")
     if bool((values <= floor).any()):

@@ -54,21 +54,37 @@ def summarize(per_seed: list[dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def write_result(name: str, *, size: str, command: str, config: dict, seeds: list[int], per_seed: list[dict],
-                 directory: str | Path | None = None) -> Path:
+def write_result(
+    name: str,
+    *,
+    size: str,
+    command: str,
+    config: dict,
+    seeds: list[int],
+    per_seed: list[dict],
+    directory: str | Path | None = None,
+) -> Path:
     """Write ``results/<name>[_quick].json`` (see the module docstring); returns the path."""
     if [row.get("seed") for row in per_seed] != list(seeds):
-        raise ValueError(f"per_seed: expected one row per seed in the order {list(seeds)}, "
-                         f"got seeds {[row.get('seed') for row in per_seed]}")
+        raise ValueError(
+            f"per_seed: expected one row per seed in the order {list(seeds)}, "
+            f"got seeds {[row.get('seed') for row in per_seed]}"
+        )
     keys = set(per_seed[0])
     for row in per_seed:
         if set(row) != keys:
             raise ValueError(f"per_seed: every row needs the same keys; {sorted(keys)} vs {sorted(row)}")
     record = {
-        "name": name, "size": size, "command": command, "config": config, "seeds": list(seeds),
-        "per_seed": per_seed, "summary": summarize(per_seed),
+        "name": name,
+        "size": size,
+        "command": command,
+        "config": config,
+        "seeds": list(seeds),
+        "per_seed": per_seed,
+        "summary": summarize(per_seed),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
     }
     path = result_path(name, size=size, directory=directory)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,16 +139,20 @@ def live_against_recorded(live: dict, result: dict, seed: int, keys=None, *, flo
         raise ValueError(f"seed: expected one of the recorded seeds {result['seeds']}, got {seed!r}")
     keys = [k for k in recorded if k != "seed" and k in live] if keys is None else list(keys)
     width = max(len(k) for k in keys)
-    lines = [f"{'':{width}}  {'recorded':>9} {'live':>8}  {'the ' + str(len(result['seeds'])) + ' recorded seeds':>24}",
-             f"{'':{width}}  {'seed ' + str(seed):>9} {'seed ' + str(seed):>8}  {'min':>8} {'max':>7} {'std':>7}"
-             "  consistent"]
+    lines = [
+        f"{'':{width}}  {'recorded':>9} {'live':>8}  {'the ' + str(len(result['seeds'])) + ' recorded seeds':>24}",
+        f"{'':{width}}  {'seed ' + str(seed):>9} {'seed ' + str(seed):>8}  {'min':>8} {'max':>7} {'std':>7}"
+        "  consistent",
+    ]
     ok = True
     for k in keys:
         s = result["summary"][k]
         good = consistent_with_seeds(live[k], result, k, floor=floor)
         ok = ok and good
-        lines.append(f"{k:{width}}  {recorded[k]:9.4f} {live[k]:8.4f}  {s['min']:8.4f} {s['max']:7.4f} "
-                     f"{s['std']:7.4f}  {'yes' if good else 'NO'}")
+        lines.append(
+            f"{k:{width}}  {recorded[k]:9.4f} {live[k]:8.4f}  {s['min']:8.4f} {s['max']:7.4f} "
+            f"{s['std']:7.4f}  {'yes' if good else 'NO'}"
+        )
     return "\n".join(lines), ok
 
 

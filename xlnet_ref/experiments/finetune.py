@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import XLNetConfig
 from ..training import checkpoint as ckpt
 from ..training.finetune import FinetuneConfig, finetune
 from ..training.finetune_data import TASKS, task_examples
-from ..config import XLNetConfig
 from ..training.train import TrainConfig, latest_checkpoint, train
 from .common import write_result
 
@@ -40,12 +40,24 @@ RUNS = Path(__file__).resolve().parents[2] / "runs"
 ARMS = ("pretrained", "scratch")
 # size -> seeds, tasks, pretraining steps of the tiny preset (its own warm-up fraction), fine-tuning settings
 SIZES = {
-    "full": dict(seeds=[0, 1, 2], tasks=TASKS, pretrain_steps=400, pretrain_run="finetune-pretrained-tiny",
-                 finetune=dict(steps=100, batch_size=16, n_train=1600, n_eval=400, learning_rate=1e-3, warmup_steps=10,
-                               eval_every=0)),
-    "quick": dict(seeds=[0, 1, 2], tasks=("span",), pretrain_steps=60, pretrain_run="finetune-pretrained-tiny-quick",
-                  finetune=dict(steps=30, batch_size=16, n_train=480, n_eval=100, learning_rate=1e-3, warmup_steps=3,
-                                eval_every=0)),
+    "full": dict(
+        seeds=[0, 1, 2],
+        tasks=TASKS,
+        pretrain_steps=400,
+        pretrain_run="finetune-pretrained-tiny",
+        finetune=dict(
+            steps=100, batch_size=16, n_train=1600, n_eval=400, learning_rate=1e-3, warmup_steps=10, eval_every=0
+        ),
+    ),
+    "quick": dict(
+        seeds=[0, 1, 2],
+        tasks=("span",),
+        pretrain_steps=60,
+        pretrain_run="finetune-pretrained-tiny-quick",
+        finetune=dict(
+            steps=30, batch_size=16, n_train=480, n_eval=100, learning_rate=1e-3, warmup_steps=3, eval_every=0
+        ),
+    ),
 }
 METRIC = {"next": "accuracy", "topic": "accuracy", "span": "exact_match", "words": "f1"}  # the headline number
 
@@ -55,11 +67,33 @@ def pretraining_base() -> TrainConfig:
     128, 4 layers, seq 64, memory 64 / reuse 32, dropout 0.1, lr 1e-3, 400 steps). Pinned here, not read from
     the preset, so that retuning the preset (it now serves ``make demo``) does not silently change what the
     recorded numbers and the notebook's live re-run measure."""
-    model = XLNetConfig(vocab_size=260, d_model=128, n_layer=4, n_head=4, d_inner=512, ff_activation="gelu",
-                        attn_type="bi", bi_data=False, mem_len=64, reuse_len=32, dropout=0.1)
-    return TrainConfig(model=model, name="tiny", seq_len=64, batch_size=16, num_predict=10, steps=400,
-                       learning_rate=1e-3, warmup_steps=40, eval_every=100, eval_batches=4, device="cpu",
-                       implementation="readable")  # as recorded (the fast path became train's default later)
+    model = XLNetConfig(
+        vocab_size=260,
+        d_model=128,
+        n_layer=4,
+        n_head=4,
+        d_inner=512,
+        ff_activation="gelu",
+        attn_type="bi",
+        bi_data=False,
+        mem_len=64,
+        reuse_len=32,
+        dropout=0.1,
+    )
+    return TrainConfig(
+        model=model,
+        name="tiny",
+        seq_len=64,
+        batch_size=16,
+        num_predict=10,
+        steps=400,
+        learning_rate=1e-3,
+        warmup_steps=40,
+        eval_every=100,
+        eval_batches=4,
+        device="cpu",
+        implementation="readable",
+    )  # as recorded (the fast path became train's default later)
 
 
 def pretrained_run(size: str, *, log=print) -> Path:
@@ -74,8 +108,13 @@ def pretrained_run(size: str, *, log=print) -> Path:
     except FileNotFoundError:
         pass
     base = pretraining_base()
-    config = dataclasses.replace(base, steps=steps, warmup_steps=base.warmup_steps * steps // base.steps,
-                                 eval_every=min(base.eval_every, steps), checkpoint_every=200)
+    config = dataclasses.replace(
+        base,
+        steps=steps,
+        warmup_steps=base.warmup_steps * steps // base.steps,
+        eval_every=min(base.eval_every, steps),
+        checkpoint_every=200,
+    )
     log(f"pretraining the tiny preset ({config.steps} steps) into {folder}")
     train(config, out_dir=folder, progress=False, log=log, overwrite=True)
     return latest_checkpoint(folder)
@@ -85,10 +124,13 @@ def pretraining_record(checkpoint: Path) -> dict:
     """How the cached backbone was made: its TrainConfig and the last held-out losses it logged."""
     extra = ckpt.read_training_state(checkpoint)["extra"]
     evals = [row for row in extra.get("history", []) if row.get("kind") == "eval"]
-    return {"checkpoint": str(checkpoint.relative_to(RUNS.parent)), "train_config": extra["train_config"],
-            "final_eval": evals[-1] if evals else None,
-            "how": "python -m xlnet_ref.train --preset tiny --device cpu --steps N --checkpoint-every 200 --out <folder> "
-                   "(the preset's warm-up fraction kept), on one thread"}
+    return {
+        "checkpoint": str(checkpoint.relative_to(RUNS.parent)),
+        "train_config": extra["train_config"],
+        "final_eval": evals[-1] if evals else None,
+        "how": "python -m xlnet_ref.train --preset tiny --device cpu --steps N --checkpoint-every 200 --out <folder> "
+        "(the preset's warm-up fraction kept), on one thread",
+    }
 
 
 def run_arm(task: str, arm: str, seed: int, size: str, checkpoint: Path, data) -> tuple[dict, torch.nn.Module]:
@@ -109,27 +151,35 @@ def _seed_row(args, *, log=None, start=None) -> tuple[dict, dict]:
     spec, start = SIZES[size], start if start is not None else time.perf_counter()
     row, models = {"seed": seed}, {}
     for task in spec["tasks"]:
-        data = (task_examples(task, "train", spec["finetune"]["n_train"]),
-                task_examples(task, "held_out", spec["finetune"]["n_eval"]))
+        data = (
+            task_examples(task, "train", spec["finetune"]["n_train"]),
+            task_examples(task, "held_out", spec["finetune"]["n_eval"]),
+        )
         for arm in ARMS:
             metrics, models[(seed, task, arm)] = run_arm(task, arm, seed, size, checkpoint, data)
             row.update({f"{task}/{arm}/{key}": value for key, value in metrics.items()})
             if log is not None:
-                log(f"seed {seed} {task:5s} {arm:10s} " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                    + f"  ({time.perf_counter() - start:.0f} s)")
+                log(
+                    f"seed {seed} {task:5s} {arm:10s} "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+                    + f"  ({time.perf_counter() - start:.0f} s)"
+                )
     return row, (models if log is not None else {})
 
 
-def run(size: str = "full", *, seeds: list[int] | None = None, write: bool = True, processes: int = 1,
-        log=print) -> dict:
+def run(
+    size: str = "full", *, seeds: list[int] | None = None, write: bool = True, processes: int = 1, log=print
+) -> dict:
     """All seeds (or the given ones) x tasks x arms at ``size``; writes results/finetune[_quick].json (unless
     ``write`` is False, as when a notebook re-runs one seed to compare) and returns {"per_seed", "config",
     "models"}."""
     if size not in SIZES:
         raise ValueError(f"size: expected one of {sorted(SIZES)}, got {size!r}")
     if seeds is not None and (write or not set(seeds) <= set(SIZES[size]["seeds"])):
-        raise ValueError(f"seeds: expected a subset of {SIZES[size]['seeds']} with write=False (a result file "
-                         f"holds every seed of its size), got {seeds!r} with write={write}")
+        raise ValueError(
+            f"seeds: expected a subset of {SIZES[size]['seeds']} with write=False (a result file "
+            f"holds every seed of its size), got {seeds!r} with write={write}"
+        )
     torch.set_num_threads(1)
     log = log or (lambda *a, **k: None)
     checkpoint = pretrained_run(size, log=log)
@@ -151,19 +201,33 @@ def run(size: str = "full", *, seeds: list[int] | None = None, write: bool = Tru
             row, seed_models = _seed_row((seed, size, checkpoint), log=log, start=start)
             per_seed.append(row)
             models.update(seed_models)
-    config = {"tasks": list(tasks), "arms": list(ARMS), "finetune": spec["finetune"], "pretraining": pretraining_record(checkpoint),
-              "python": platform.python_version(), "seconds": round(time.perf_counter() - start, 1),
-              "processes": processes}
+    config = {
+        "tasks": list(tasks),
+        "arms": list(ARMS),
+        "finetune": spec["finetune"],
+        "pretraining": pretraining_record(checkpoint),
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "processes": processes,
+    }
     if write:
-        path = write_result(NAME, size=size, command=f"python -m xlnet_ref.experiments.finetune --size {size}",
-                            config=config, seeds=spec["seeds"], per_seed=per_seed)
+        path = write_result(
+            NAME,
+            size=size,
+            command=f"python -m xlnet_ref.experiments.finetune --size {size}",
+            config=config,
+            seeds=spec["seeds"],
+            per_seed=per_seed,
+        )
         log(f"wrote {path}")
     return {"per_seed": per_seed, "config": config, "models": models}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xlnet_ref.experiments.finetune",
-                                     description="Pretrained vs scratch on each fine-tuning task, seeded; writes results/finetune*.json")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlnet_ref.experiments.finetune",
+        description="Pretrained vs scratch on each fine-tuning task, seeded; writes results/finetune*.json",
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--processes", type=int, default=1, help="seeds run in this many processes (one thread each)")
     args = parser.parse_args(argv)

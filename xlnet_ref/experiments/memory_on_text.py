@@ -65,10 +65,34 @@ NAME = "memory_on_text"
 
 # full: all 4 arms x 3 seeds in ~10 minutes of one CPU thread; quick: one seed (4 arms) in ~20 s
 CONFIGS = {
-    "full": dict(mem_lens=[0, 16, 32, 64], seg_len=16, batch_size=16, steps=1500, learning_rate=2e-3, warmup_steps=75,
-                 d_model=64, n_layer=2, n_head=4, d_inner=256, eval_streams=8, eval_segments=None),
-    "quick": dict(mem_lens=[0, 16, 32, 64], seg_len=16, batch_size=8, steps=300, learning_rate=2e-3, warmup_steps=15,
-                  d_model=64, n_layer=2, n_head=4, d_inner=256, eval_streams=8, eval_segments=40),
+    "full": dict(
+        mem_lens=[0, 16, 32, 64],
+        seg_len=16,
+        batch_size=16,
+        steps=1500,
+        learning_rate=2e-3,
+        warmup_steps=75,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_inner=256,
+        eval_streams=8,
+        eval_segments=None,
+    ),
+    "quick": dict(
+        mem_lens=[0, 16, 32, 64],
+        seg_len=16,
+        batch_size=8,
+        steps=300,
+        learning_rate=2e-3,
+        warmup_steps=15,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_inner=256,
+        eval_streams=8,
+        eval_segments=40,
+    ),
 }
 
 
@@ -87,11 +111,13 @@ def single_thread():
 def make_adamw(model: torch.nn.Module, *, learning_rate: float, steps: int, warmup_steps: int):
     """(optimizer, scheduler): the pretraining recipe of ``training.train`` (AdamW with its decay groups,
     linear warm-up, linear decay to ``min_lr_ratio``) for a run of ``steps`` updates."""
-    recipe = types.SimpleNamespace(learning_rate=learning_rate, weight_decay=0.01, adam_epsilon=1e-6,
-                                   implementation="readable")  # the fields make_optimizer reads; unfused AdamW
+    recipe = types.SimpleNamespace(
+        learning_rate=learning_rate, weight_decay=0.01, adam_epsilon=1e-6, implementation="readable"
+    )  # the fields make_optimizer reads; unfused AdamW
     optimizer = make_optimizer(model, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.001))
+        optimizer, lambda step: lr_factor(step, warmup_steps=warmup_steps, total_steps=steps, min_lr_ratio=0.001)
+    )
     return optimizer, scheduler
 
 
@@ -146,17 +172,26 @@ def segment_loss(model: XLNetLMHeadModel, x: torch.Tensor, y: torch.Tensor, mems
 
 
 # --------------------------------------------------------------------------------- one arm, one seed
-def train_and_evaluate(mem_len: int, *, seed: int, cfg: dict, train_tokens: torch.Tensor,
-                       eval_tokens: torch.Tensor) -> dict[str, float]:
+def train_and_evaluate(
+    mem_len: int, *, seed: int, cfg: dict, train_tokens: torch.Tensor, eval_tokens: torch.Tensor
+) -> dict[str, float]:
     """Train one model with memory ``mem_len`` and return its held-out losses (see the module docstring)."""
     L = cfg["seg_len"]
-    config = XLNetConfig(vocab_size=ByteTokenizer().vocab_size, d_model=cfg["d_model"], n_layer=cfg["n_layer"],
-                         n_head=cfg["n_head"], d_inner=cfg["d_inner"], attn_type="uni", mem_len=mem_len,
-                         dropout=0.0)
+    config = XLNetConfig(
+        vocab_size=ByteTokenizer().vocab_size,
+        d_model=cfg["d_model"],
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        d_inner=cfg["d_inner"],
+        attn_type="uni",
+        mem_len=mem_len,
+        dropout=0.0,
+    )
     torch.manual_seed(seed)  # initial weights: the same for every arm of a seed
     model = XLNetLMHeadModel(config)
-    optimizer, scheduler = make_adamw(model, learning_rate=cfg["learning_rate"], steps=cfg["steps"],
-                                      warmup_steps=cfg["warmup_steps"])
+    optimizer, scheduler = make_adamw(
+        model, learning_rate=cfg["learning_rate"], steps=cfg["steps"], warmup_steps=cfg["warmup_steps"]
+    )
     offset = int(torch.randint(train_tokens.numel(), (1,), generator=torch.Generator().manual_seed(seed)))
     streams = text_streams(train_tokens, cfg["batch_size"], offset=offset)  # the same data for every arm
     n_segments = (streams.shape[1] - 1) // L
@@ -166,7 +201,7 @@ def train_and_evaluate(mem_len: int, *, seed: int, cfg: dict, train_tokens: torc
         s = step % n_segments
         if s == 0:
             mems = None  # the text starts again: the memory would hold the end of the stream
-        x, y = streams[:, s * L:(s + 1) * L], streams[:, s * L + 1:(s + 1) * L + 1]
+        x, y = streams[:, s * L : (s + 1) * L], streams[:, s * L + 1 : (s + 1) * L + 1]
         losses, mems = segment_loss(model, x, y, mems)
         losses.mean().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -184,15 +219,18 @@ def train_and_evaluate(mem_len: int, *, seed: int, cfg: dict, train_tokens: torc
     mems, scored = None, 0
     with torch.no_grad():
         for s in range(n_eval):
-            x, y = streams[:, s * L:(s + 1) * L], streams[:, s * L + 1:(s + 1) * L + 1]
+            x, y = streams[:, s * L : (s + 1) * L], streams[:, s * L + 1 : (s + 1) * L + 1]
             losses, mems = segment_loss(model, x, y, mems)
             if s > 0:  # the first segment has no memory in any arm
                 total += losses.sum(0)
                 scored += losses.shape[0]
     per_position = total / scored  # [i] mean loss at each position of a segment
     key = f"mem_len={mem_len}"
-    return {f"{key}/loss": float(per_position.mean()), f"{key}/loss_start": float(per_position[:quarter].mean()),
-            f"{key}/loss_end": float(per_position[-quarter:].mean())}
+    return {
+        f"{key}/loss": float(per_position.mean()),
+        f"{key}/loss_start": float(per_position[:quarter].mean()),
+        f"{key}/loss_end": float(per_position[-quarter:].mean()),
+    }
 
 
 def memory_on_text_seed(seed: int, *, size: str = "full", data=None) -> dict[str, float]:
@@ -202,8 +240,9 @@ def memory_on_text_seed(seed: int, *, size: str = "full", data=None) -> dict[str
     row = {"seed": seed}
     with single_thread():
         for mem_len in cfg["mem_lens"]:
-            row.update(train_and_evaluate(mem_len, seed=seed, cfg=cfg, train_tokens=train_tokens,
-                                          eval_tokens=eval_tokens))
+            row.update(
+                train_and_evaluate(mem_len, seed=seed, cfg=cfg, train_tokens=train_tokens, eval_tokens=eval_tokens)
+            )
     return row
 
 
@@ -213,11 +252,18 @@ def run(size: str = "full", seeds=(0, 1, 2), *, directory=None):
     data = byte_corpus()
     per_seed = [memory_on_text_seed(seed, size=size, data=data) for seed in seeds]
     command = f"python -m xlnet_ref.experiments.{NAME} --size {size} --seeds {' '.join(map(str, seeds))}"
-    config = dict(CONFIGS[size], corpus="pydoc_data.topics (CPython docs), UTF-8 bytes", eval_fraction=0.05,
-                  model="XLNetLMHeadModel, attn_type='uni', content stream, dropout 0", threads=1,
-                  loss_start="positions 0 .. seg_len/4 - 1", loss_end="the last seg_len/4 positions")
-    return write_result(NAME, size=size, command=command, config=config, seeds=seeds, per_seed=per_seed,
-                        directory=directory)
+    config = dict(
+        CONFIGS[size],
+        corpus="pydoc_data.topics (CPython docs), UTF-8 bytes",
+        eval_fraction=0.05,
+        model="XLNetLMHeadModel, attn_type='uni', content stream, dropout 0",
+        threads=1,
+        loss_start="positions 0 .. seg_len/4 - 1",
+        loss_end="the last seg_len/4 positions",
+    )
+    return write_result(
+        NAME, size=size, command=command, config=config, seeds=seeds, per_seed=per_seed, directory=directory
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

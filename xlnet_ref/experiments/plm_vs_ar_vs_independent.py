@@ -92,10 +92,30 @@ VOCAB_SIZE = MASK + 1
 TASK_SEED = 1234  # fixes pi, the map entity -> second token: part of the task, the same for every seed
 
 CONFIGS = {
-    "full": dict(seq_len=8, batch_size=64, steps=800, learning_rate=3e-3, warmup_steps=40, d_model=64, n_layer=2,
-                 n_head=4, d_inner=256, eval_sequences=2000),
-    "quick": dict(seq_len=8, batch_size=32, steps=250, learning_rate=3e-3, warmup_steps=15, d_model=64, n_layer=2,
-                  n_head=4, d_inner=256, eval_sequences=500),
+    "full": dict(
+        seq_len=8,
+        batch_size=64,
+        steps=800,
+        learning_rate=3e-3,
+        warmup_steps=40,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_inner=256,
+        eval_sequences=2000,
+    ),
+    "quick": dict(
+        seq_len=8,
+        batch_size=32,
+        steps=250,
+        learning_rate=3e-3,
+        warmup_steps=15,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_inner=256,
+        eval_sequences=500,
+    ),
 }
 
 
@@ -179,7 +199,7 @@ def pair_masks(seq_len: int, start: int, *, order_of_pair: str) -> tuple[torch.T
     return masks.perm_mask, masks.target_mapping
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mask_table(seq_len: int, order_of_pair: str) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pair_masks` for every start s (index s): ([S, i, j], [S, 2, j]); row 0 (s = 0) is unused."""
     made = [pair_masks(seq_len, max(s, 1), order_of_pair=order_of_pair) for s in range(seq_len - 3)]
@@ -227,12 +247,20 @@ def pair_nll(model: XLNetLMHeadModel, arm: str, batch: EntityBatch, *, generator
 # ------------------------------------------------------------------------------------- one seed
 def train_arm(arm: str, *, seed: int, cfg: dict) -> XLNetLMHeadModel:
     """Train one arm on the seed's training sequences (the same sequences for every arm)."""
-    config = XLNetConfig(vocab_size=VOCAB_SIZE, d_model=cfg["d_model"], n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                         d_inner=cfg["d_inner"], attn_type="bi", dropout=0.0)
+    config = XLNetConfig(
+        vocab_size=VOCAB_SIZE,
+        d_model=cfg["d_model"],
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        d_inner=cfg["d_inner"],
+        attn_type="bi",
+        dropout=0.0,
+    )
     torch.manual_seed(seed)  # the same initial weights for every arm of a seed
     model = XLNetLMHeadModel(config)
-    optimizer, scheduler = make_adamw(model, learning_rate=cfg["learning_rate"], steps=cfg["steps"],
-                                      warmup_steps=cfg["warmup_steps"])
+    optimizer, scheduler = make_adamw(
+        model, learning_rate=cfg["learning_rate"], steps=cfg["steps"], warmup_steps=cfg["warmup_steps"]
+    )
     data = torch.Generator().manual_seed(seed + 1)  # training sequences
     orders = torch.Generator().manual_seed(seed + 2)  # factorization orders (plm only)
     model.train()
@@ -250,7 +278,9 @@ def train_arm(arm: str, *, seed: int, cfg: dict) -> XLNetLMHeadModel:
 def plm_vs_ar_vs_independent_seed(seed: int, *, size: str = "full") -> dict[str, float]:
     """Train the three arms of one seed and score them on held-out sequences (see the module docstring)."""
     cfg = CONFIGS[size]
-    held_out = entity_batch(cfg["eval_sequences"], cfg["seq_len"], generator=torch.Generator().manual_seed(10_000 + seed))
+    held_out = entity_batch(
+        cfg["eval_sequences"], cfg["seq_len"], generator=torch.Generator().manual_seed(10_000 + seed)
+    )
     row = {"seed": seed}
     with single_thread():
         for arm in ARMS:
@@ -273,18 +303,35 @@ def run(size: str = "full", seeds=(0, 1, 2), *, directory=None):
     seeds = check_size_and_seeds(size, seeds)
     per_seed = [plm_vs_ar_vs_independent_seed(seed, size=size) for seed in seeds]
     command = f"python -m xlnet_ref.experiments.{NAME} --size {size} --seeds {' '.join(map(str, seeds))}"
-    config = dict(CONFIGS[size], vocab_size=VOCAB_SIZE, n_entities=N_ENTITIES, left_clue_values=N_U,
-                  right_clue_values=N_V, hidden_values=N_W, filler_tokens=N_FILLER, task_seed=TASK_SEED,
-                  model="XLNetLMHeadModel, attn_type='bi', dropout 0", threads=1,
-                  floors={"bayes/joint": math.log(N_W), "bayes_independent/joint": 2 * math.log(N_W),
-                          "bayes_left_to_right/joint": math.log(N_V * N_W)})
-    return write_result(NAME, size=size, command=command, config=config, seeds=seeds, per_seed=per_seed,
-                        directory=directory)
+    config = dict(
+        CONFIGS[size],
+        vocab_size=VOCAB_SIZE,
+        n_entities=N_ENTITIES,
+        left_clue_values=N_U,
+        right_clue_values=N_V,
+        hidden_values=N_W,
+        filler_tokens=N_FILLER,
+        task_seed=TASK_SEED,
+        model="XLNetLMHeadModel, attn_type='bi', dropout 0",
+        threads=1,
+        floors={
+            "bayes/joint": math.log(N_W),
+            "bayes_independent/joint": 2 * math.log(N_W),
+            "bayes_left_to_right/joint": math.log(N_V * N_W),
+        },
+    )
+    return write_result(
+        NAME, size=size, command=command, config=config, seeds=seeds, per_seed=per_seed, directory=directory
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return experiment_main(NAME, run, "Joint NLL of a dependent two-token entity: PLM vs left-to-right vs "
-                                      "independent masked prediction.", argv)
+    return experiment_main(
+        NAME,
+        run,
+        "Joint NLL of a dependent two-token entity: PLM vs left-to-right vs independent masked prediction.",
+        argv,
+    )
 
 
 if __name__ == "__main__":

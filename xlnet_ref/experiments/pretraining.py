@@ -76,8 +76,9 @@ OBJECTIVES = ("plm", "ar")
 # Overrides of preset("tiny"): full = none (the demo recipe); quick = a smaller model, fewer steps.
 CONFIGS = {
     "full": dict(train={}, model={}),
-    "quick": dict(train=dict(steps=300, warmup_steps=30, batch_size=16),
-                  model=dict(d_model=64, n_layer=2, n_head=4, d_inner=256)),
+    "quick": dict(
+        train=dict(steps=300, warmup_steps=30, batch_size=16), model=dict(d_model=64, n_layer=2, n_head=4, d_inner=256)
+    ),
 }
 
 
@@ -89,8 +90,9 @@ def experiment_config(size: str, seed: int) -> TrainConfig:
     overrides = CONFIGS[size]
     model = dataclasses.replace(base.model, **overrides["model"])
     # the readable path (and unfused AdamW), with which results/pretraining*.json were recorded
-    return dataclasses.replace(base, model=model, seed=seed, device="cpu", implementation="readable",
-                               **overrides["train"])
+    return dataclasses.replace(
+        base, model=model, seed=seed, device="cpu", implementation="readable", **overrides["train"]
+    )
 
 
 def pretrain(config: TrainConfig, data: TextData, *, objective: str) -> tuple[XLNetLMHeadModel, float]:
@@ -105,8 +107,10 @@ def pretrain(config: TrainConfig, data: TextData, *, objective: str) -> tuple[XL
     model = XLNetLMHeadModel(config.model)
     optimizer, scheduler = make_optimizer(model, config), None
     scheduler = make_scheduler(optimizer, config)
-    batches = TrainingBatches(lambda g: batch_stream(config, data.train_tokens, data.train_word_starts, tokenizer, g),
-                              torch.Generator().manual_seed(config.seed + 1))
+    batches = TrainingBatches(
+        lambda g: batch_stream(config, data.train_tokens, data.train_word_starts, tokenizer, g),
+        torch.Generator().manual_seed(config.seed + 1),
+    )
     mems = None
     model.train()
     for _ in range(config.steps):
@@ -114,8 +118,9 @@ def pretrain(config: TrainConfig, data: TextData, *, objective: str) -> tuple[XL
         if new_epoch:
             mems = None  # the text starts over
         if objective == "ar":
-            batch = left_to_right_batch(batch, sep_id=tokenizer.sep_id, cls_id=tokenizer.cls_id,
-                                        has_memory=mems is not None)
+            batch = left_to_right_batch(
+                batch, sep_id=tokenizer.sep_id, cls_id=tokenizer.cls_id, has_memory=mems is not None
+            )
         loss, mems = forward_loss(model, batch, mems, use_bf16=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -133,8 +138,9 @@ def pretraining_seed(seed: int, *, size: str = "full", data: TextData | None = N
     try:
         data = data if data is not None else prepare_data(config)
         if data.tokenizer.vocab_size != config.model.vocab_size:
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                           vocab_size=data.tokenizer.vocab_size))
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, vocab_size=data.tokenizer.vocab_size)
+            )
         held_out = held_out_batches(config, data)
         row = {"seed": seed}
         for objective in OBJECTIVES:
@@ -145,8 +151,13 @@ def pretraining_seed(seed: int, *, size: str = "full", data: TextData | None = N
             row[f"{objective}/train_seconds"] = seconds
         for order, name in ((1, "unigram"), (2, "bigram"), (3, "trigram")):
             counts = NGramModel(data.train_tokens, order=order, vocab_size=config.model.vocab_size)
-            row[f"{name}/ltr_loss"] = held_out_ngram_loss(counts, held_out, reuse_len=config.model.reuse_len,
-                                                          sep_id=data.tokenizer.sep_id, cls_id=data.tokenizer.cls_id)
+            row[f"{name}/ltr_loss"] = held_out_ngram_loss(
+                counts,
+                held_out,
+                reuse_len=config.model.reuse_len,
+                sep_id=data.tokenizer.sep_id,
+                cls_id=data.tokenizer.cls_id,
+            )
     finally:
         torch.set_num_threads(before)
     return row
@@ -167,14 +178,19 @@ def run(size: str = "full", seeds=(0, 1, 2), *, directory=None, log=print):
             log(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "seed"))
     command = f"python -m xlnet_ref.experiments.{NAME} --size {size} --seeds {' '.join(map(str, seeds))}"
     recorded = {k: v for k, v in config.to_dict().items() if k != "seed"}
-    recorded["objectives"] = {"plm": "permutation LM, span targets (training.train)",
-                              "ar": "z = identity, every text position a target"}
-    return write_result(NAME, size=size, command=command, config=recorded, seeds=seeds, per_seed=per_seed,
-                        directory=directory)
+    recorded["objectives"] = {
+        "plm": "permutation LM, span targets (training.train)",
+        "ar": "z = identity, every text position a target",
+    }
+    return write_result(
+        NAME, size=size, command=command, config=recorded, seeds=seeds, per_seed=per_seed, directory=directory
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m xlnet_ref.experiments.{NAME}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m xlnet_ref.experiments.{NAME}", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--size", choices=SIZES, default="full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=None, help="folder for the result file (default: results/)")

@@ -61,7 +61,13 @@ import torch
 
 from ..config import XLNetConfig
 from ..model import XLNetLMHeadModel
-from ..permutation import order_to_rank, partial_prediction_targets, permutation_masks, plm_loss, sample_factorization_order
+from ..permutation import (
+    order_to_rank,
+    partial_prediction_targets,
+    permutation_masks,
+    plm_loss,
+    sample_factorization_order,
+)
 from ..training.tokenizer import ByteTokenizer
 from .common import write_result
 from .memory_on_text import byte_corpus, check_size_and_seeds, experiment_main, make_adamw, single_thread
@@ -71,10 +77,32 @@ ARMS = ("two_stream", "target_blind")
 EVAL_SEED = 12_345  # the held-out windows' orders: the same for every seed and arm
 
 CONFIGS = {
-    "full": dict(seq_len=32, K=6, batch_size=16, steps=800, learning_rate=2e-3, warmup_steps=40, d_model=64,
-                 n_layer=2, n_head=4, d_inner=256, eval_windows=600),
-    "quick": dict(seq_len=32, K=6, batch_size=16, steps=200, learning_rate=2e-3, warmup_steps=10, d_model=64,
-                  n_layer=2, n_head=4, d_inner=256, eval_windows=200),
+    "full": dict(
+        seq_len=32,
+        K=6,
+        batch_size=16,
+        steps=800,
+        learning_rate=2e-3,
+        warmup_steps=40,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_inner=256,
+        eval_windows=600,
+    ),
+    "quick": dict(
+        seq_len=32,
+        K=6,
+        batch_size=16,
+        steps=200,
+        learning_rate=2e-3,
+        warmup_steps=10,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_inner=256,
+        eval_windows=200,
+    ),
 }
 
 
@@ -86,7 +114,7 @@ def plm_windows(tokens: torch.Tensor, starts: torch.Tensor, *, seq_len: int, K: 
     in the order (the target-blind arm reads its content state), ``step`` counts the targets in the
     order (0 = the first target, step c + 1 of Eq. 5).
     """
-    input_ids = torch.stack([tokens[s:s + seq_len] for s in starts.tolist()])  # [b, i]
+    input_ids = torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])  # [b, i]
     perm, mapping, predictor, step = [], [], [], []
     for _ in range(input_ids.shape[0]):
         z = sample_factorization_order(seq_len, generator=generator)  # [T]
@@ -115,19 +143,28 @@ def target_logits(model: XLNetLMHeadModel, arm: str, input_ids, perm_mask, targe
 
 def train_arm(arm: str, *, seed: int, cfg: dict, train_tokens: torch.Tensor) -> XLNetLMHeadModel:
     """Train one arm; the windows, orders and initial weights depend on the seed only, not on the arm."""
-    config = XLNetConfig(vocab_size=ByteTokenizer().vocab_size, d_model=cfg["d_model"], n_layer=cfg["n_layer"],
-                         n_head=cfg["n_head"], d_inner=cfg["d_inner"], attn_type="bi", dropout=0.0)
+    config = XLNetConfig(
+        vocab_size=ByteTokenizer().vocab_size,
+        d_model=cfg["d_model"],
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        d_inner=cfg["d_inner"],
+        attn_type="bi",
+        dropout=0.0,
+    )
     torch.manual_seed(seed)
     model = XLNetLMHeadModel(config)
-    optimizer, scheduler = make_adamw(model, learning_rate=cfg["learning_rate"], steps=cfg["steps"],
-                                      warmup_steps=cfg["warmup_steps"])
+    optimizer, scheduler = make_adamw(
+        model, learning_rate=cfg["learning_rate"], steps=cfg["steps"], warmup_steps=cfg["warmup_steps"]
+    )
     data = torch.Generator().manual_seed(seed + 1)
     T = cfg["seq_len"]
     model.train()
     for _ in range(cfg["steps"]):
         starts = torch.randint(train_tokens.numel() - T, (cfg["batch_size"],), generator=data)
-        ids, perm, mapping, target_ids, predictor, _ = plm_windows(train_tokens, starts, seq_len=T, K=cfg["K"],
-                                                                   generator=data)
+        ids, perm, mapping, target_ids, predictor, _ = plm_windows(
+            train_tokens, starts, seq_len=T, K=cfg["K"], generator=data
+        )
         logits = target_logits(model, arm, ids, perm, mapping, predictor)
         loss = plm_loss(logits, target_ids, torch.ones_like(target_ids, dtype=torch.float))
         loss.backward()
@@ -152,7 +189,8 @@ def two_stream_vs_target_blind_seed(seed: int, *, size: str = "full", data=None)
     n_windows = min(cfg["eval_windows"], eval_tokens.numel() // T)
     starts = torch.arange(n_windows) * T  # non-overlapping held-out windows
     ids, perm, mapping, target_ids, predictor, step = plm_windows(
-        eval_tokens, starts, seq_len=T, K=cfg["K"], generator=torch.Generator().manual_seed(EVAL_SEED))
+        eval_tokens, starts, seq_len=T, K=cfg["K"], generator=torch.Generator().manual_seed(EVAL_SEED)
+    )
     first, last = step == 0, step == step.max(dim=1, keepdim=True).values  # [b, k]
     row = {"seed": seed}
     with single_thread():
@@ -160,8 +198,9 @@ def two_stream_vs_target_blind_seed(seed: int, *, size: str = "full", data=None)
             model = train_arm(arm, seed=seed, cfg=cfg, train_tokens=train_tokens)
             with torch.no_grad():
                 logits = target_logits(model, arm, ids, perm, mapping, predictor)
-                nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target_ids.flatten(),
-                                                        reduction="none").view_as(target_ids)
+                nll = torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1), target_ids.flatten(), reduction="none"
+                ).view_as(target_ids)
             row[f"{arm}/loss"] = float(nll.mean())
             row[f"{arm}/loss_first"] = float(nll[first].mean())
             row[f"{arm}/loss_last"] = float(nll[last].mean())
@@ -175,16 +214,28 @@ def run(size: str = "full", seeds=(0, 1, 2), *, directory=None):
     data = byte_corpus()
     per_seed = [two_stream_vs_target_blind_seed(seed, size=size, data=data) for seed in seeds]
     command = f"python -m xlnet_ref.experiments.{NAME} --size {size} --seeds {' '.join(map(str, seeds))}"
-    config = dict(CONFIGS[size], corpus="pydoc_data.topics (CPython docs), UTF-8 bytes", eval_fraction=0.05,
-                  eval_seed=EVAL_SEED, model="XLNetLMHeadModel, attn_type='bi', dropout 0, no memory", threads=1,
-                  targets="partial prediction: the last seq_len // K positions of a uniform order")
-    return write_result(NAME, size=size, command=command, config=config, seeds=seeds, per_seed=per_seed,
-                        directory=directory)
+    config = dict(
+        CONFIGS[size],
+        corpus="pydoc_data.topics (CPython docs), UTF-8 bytes",
+        eval_fraction=0.05,
+        eval_seed=EVAL_SEED,
+        model="XLNetLMHeadModel, attn_type='bi', dropout 0, no memory",
+        threads=1,
+        targets="partial prediction: the last seq_len // K positions of a uniform order",
+    )
+    return write_result(
+        NAME, size=size, command=command, config=config, seeds=seeds, per_seed=per_seed, directory=directory
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return experiment_main(NAME, run, "Loss at the targets: two-stream (query stream) vs a trained target-blind "
-                                      "model on the permutation LM objective.", argv)
+    return experiment_main(
+        NAME,
+        run,
+        "Loss at the targets: two-stream (query stream) vs a trained target-blind "
+        "model on the permutation LM objective.",
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -89,21 +89,24 @@ def attend(
     klen, qlen = k_heads.shape[1], terms["qlen"]
     one_block = query_block is None or i <= query_block
     if one_block or torch.compiler.is_compiling():  # (a compiled graph plans its memory itself)
-        return attend_block(attn, q, k_heads, v_heads, k_r, mask=mask, seg_diff=seg_diff, query_pos=query_pos,
-                                 **terms)
+        return attend_block(attn, q, k_heads, v_heads, k_r, mask=mask, seg_diff=seg_diff, query_pos=query_pos, **terms)
     if query_pos is None and k_r.shape[1] < klen + qlen:  # "uni": pad the table with rows the mask hides
         k_r = torch.cat([k_r, k_r.new_zeros(k_r.shape[0], klen + qlen - k_r.shape[1], n, d)], dim=1)
     blocks = []
     for start in range(0, i, query_block):
         stop = min(start + query_block, i)
-        block = dict(mask=None if mask is None else mask[:, start:stop],
-                     seg_diff=None if seg_diff is None else seg_diff[:, start:stop], **terms)
+        block = dict(
+            mask=None if mask is None else mask[:, start:stop],
+            seg_diff=None if seg_diff is None else seg_diff[:, start:stop],
+            **terms,
+        )
         if query_pos is None:  # content stream: the table rows this block's distances use
-            block.update(query_pos=None, k_r=k_r[:, qlen - stop: qlen - start + klen])
+            block.update(query_pos=None, k_r=k_r[:, qlen - stop : qlen - start + klen])
         else:
             block.update(query_pos=query_pos[:, start:stop], k_r=k_r)
         blocks.append(attend_block(attn, q[:, start:stop], k_heads, v_heads, **block))
     return torch.cat(blocks, dim=2)
+
 
 def attend_block(
     attn: RelativeAttention,
@@ -173,6 +176,7 @@ def attend_block(
         vec = ProbsDropoutValues.apply(score.view(b * n, i, klen), keep.view(b * n, i, klen), v_heads)
     vec = vec.view(b, n, i, d)
     return vec if keep is None else vec * keep_scale(attn.dropout.p)  # [b, n, i, d]
+
 
 def post_attention(attn: RelativeAttention, x: torch.Tensor, attn_vec: torch.Tensor) -> torch.Tensor:
     """:meth:`RelativeAttention.post_attention` for attn_vec [b, n, i, d]: one matmul with W_o seen as

@@ -56,16 +56,38 @@ class XLNetModel(readable.XLNetModel):
         emb.sparse = False
         return out
 
-    def forward(self, input_ids: torch.Tensor, *, token_type_ids=None, attention_mask=None, input_mask=None,
-                perm_mask=None, target_mapping=None, mems=None, output_attentions: bool = False,
-                output_hidden_states: bool = False, trace: dict | None = None,
-                content_output: bool = True) -> readable.XLNetOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        token_type_ids=None,
+        attention_mask=None,
+        input_mask=None,
+        perm_mask=None,
+        target_mapping=None,
+        mems=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        trace: dict | None = None,
+        content_output: bool = True,
+    ) -> readable.XLNetOutput:
         """:meth:`xlnet_ref.model.XLNetModel.forward`'s arguments and outputs, plus ``content_output``."""
-        inputs = dict(token_type_ids=token_type_ids, attention_mask=attention_mask, input_mask=input_mask,
-                      perm_mask=perm_mask, target_mapping=target_mapping, mems=mems)
+        inputs = dict(
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            input_mask=input_mask,
+            perm_mask=perm_mask,
+            target_mapping=target_mapping,
+            mems=mems,
+        )
         if output_attentions or trace is not None:  # the readable path's intermediates
-            return super().forward(input_ids, **inputs, output_attentions=output_attentions,
-                                   output_hidden_states=output_hidden_states, trace=trace)
+            return super().forward(
+                input_ids,
+                **inputs,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                trace=trace,
+            )
         cfg = self.config
         dtype = self.word_embedding.weight.dtype
         if not torch.compiler.is_compiling():  # the value checks read tensors: a compiled graph skips them
@@ -77,9 +99,13 @@ class XLNetModel(readable.XLNetModel):
         if attention_mask is not None:
             input_mask = attention_mask == 0
         attn_mask, non_tgt_mask = attention_masks(
-            qlen=qlen, mlen=mlen, attn_type=cfg.attn_type, same_length=cfg.same_length,
+            qlen=qlen,
+            mlen=mlen,
+            attn_type=cfg.attn_type,
+            same_length=cfg.same_length,
             input_mask=None if input_mask is None else input_mask.bool(),
-            perm_mask=None if perm_mask is None else perm_mask.bool(), device=device,
+            perm_mask=None if perm_mask is None else perm_mask.bool(),
+            device=device,
         )
         attn_mask, non_tgt_mask = additive_mask(attn_mask, dtype), additive_mask(non_tgt_mask, dtype)
         seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
@@ -89,10 +115,17 @@ class XLNetModel(readable.XLNetModel):
         if target_mapping is not None:
             target_pos, target_valid = target_positions(target_mapping)
             g = drop(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
-        pos_emb = drop(relative_positional_encoding(
-            qlen, mlen + qlen, d_model=cfg.d_model, attn_type=cfg.attn_type, bi_data=cfg.bi_data,
-            clamp_len=cfg.clamp_len, device=device,
-        ).to(dtype))  # [p, r, m]
+        pos_emb = drop(
+            relative_positional_encoding(
+                qlen,
+                mlen + qlen,
+                d_model=cfg.d_model,
+                attn_type=cfg.attn_type,
+                bi_data=cfg.bi_data,
+                clamp_len=cfg.clamp_len,
+                device=device,
+            ).to(dtype)
+        )  # [p, r, m]
 
         new_mems = [] if cfg.mem_len else None
         hidden_states = [] if output_hidden_states else None
@@ -103,20 +136,34 @@ class XLNetModel(readable.XLNetModel):
             if hidden_states is not None:
                 hidden_states.append(h if g is None else (h, g))
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
-            skip_content = (not content_output and g is not None and hidden_states is None
-                            and layer_index == cfg.n_layer - 1)
+            skip_content = (
+                not content_output and g is not None and hidden_states is None and layer_index == cfg.n_layer - 1
+            )
             h, g = two_stream_attention(
-                layer.rel_attn, h, g, mem, k_r, seg_diff=seg_diff, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask,
-                target_pos=target_pos, target_valid=target_valid, skip_content=skip_content,
-                query_block=self.query_block, **self.layer_biases(layer_index),
+                layer.rel_attn,
+                h,
+                g,
+                mem,
+                k_r,
+                seg_diff=seg_diff,
+                attn_mask=attn_mask,
+                non_tgt_mask=non_tgt_mask,
+                target_pos=target_pos,
+                target_valid=target_valid,
+                skip_content=skip_content,
+                query_block=self.query_block,
+                **self.layer_biases(layer_index),
             )
             h = feed_forward(layer.ff, h) if h is not None else None
             g = feed_forward(layer.ff, g) if g is not None else None
         if hidden_states is not None:
             hidden_states.append(h if g is None else (h, g))
-        return readable.XLNetOutput(content=drop(h) if h is not None else None,
-                                    query=drop(g) if g is not None else None, mems=new_mems,
-                                    hidden_states=hidden_states)
+        return readable.XLNetOutput(
+            content=drop(h) if h is not None else None,
+            query=drop(g) if g is not None else None,
+            mems=new_mems,
+            hidden_states=hidden_states,
+        )
 
 
 class TiedHead(torch.autograd.Function):

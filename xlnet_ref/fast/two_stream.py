@@ -52,8 +52,17 @@ def two_stream_attention(
     g_out = None
     if g is not None:
         q_g = rearrange(g @ w_q, "b k (n d) -> b k n d", n=n)
-        vec_g = attend(attn, q_g, k_heads, v_heads, k_r, mask=rows_at(attn_mask, target_pos),
-                       seg_diff=rows_at(seg_diff, target_pos), query_pos=target_pos, **biases)
+        vec_g = attend(
+            attn,
+            q_g,
+            k_heads,
+            v_heads,
+            k_r,
+            mask=rows_at(attn_mask, target_pos),
+            seg_diff=rows_at(seg_diff, target_pos),
+            query_pos=target_pos,
+            **biases,
+        )
         vec_g = vec_g * target_valid[:, None, :, None].to(vec_g.dtype)  # [b, n, k, d]: padding targets get none
         g_out = post_attention(attn, g, vec_g)
     return h_out, g_out

@@ -23,7 +23,7 @@ traceback a student sees, which ends with the message above instead of the grade
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -47,7 +47,8 @@ def describe(value) -> str:
     finite = v[torch.isfinite(v)]
     stats = (
         f"min {finite.min().item():.4g}, mean {finite.mean().item():.4g}, max {finite.max().item():.4g}"
-        if finite.numel() else "no finite entries"
+        if finite.numel()
+        else "no finite entries"
     )
     return f"{shape} {value.dtype} ({stats})"
 
@@ -59,8 +60,10 @@ def first_difference(expected: torch.Tensor, got: torch.Tensor, *, atol: float, 
     index = [int(x) for x in torch.nonzero(bad)[0]]
     err = (g - e).abs()
     max_err = err[torch.isfinite(err)].max().item() if torch.isfinite(err).any() else float("nan")
-    return (f"first difference at {index}: expected {e[tuple(index)].item():.6g}, "
-            f"got {g[tuple(index)].item():.6g} (max abs error {max_err:.3g})")
+    return (
+        f"first difference at {index}: expected {e[tuple(index)].item():.6g}, "
+        f"got {g[tuple(index)].item():.6g} (max abs error {max_err:.3g})"
+    )
 
 
 def matches(got, expected, *, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
@@ -110,8 +113,9 @@ def compare(
     raise LabCheckFailed("\n".join(lines))
 
 
-def compare_value(name: str, got, expected, *, case: str, known_mistakes: dict[str, object] | None = None,
-                  otherwise: str = "") -> None:
+def compare_value(
+    name: str, got, expected, *, case: str, known_mistakes: dict[str, object] | None = None, otherwise: str = ""
+) -> None:
     """:func:`compare` for plain Python values (numbers, strings, lists): equality, then known mistakes."""
     __tracebackhide__ = True
     if got == expected:
@@ -133,7 +137,8 @@ def call(name: str, fn: Callable, *args, case: str, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        raise LabCheckFailed(f"{name}: not written yet (it raises NotImplementedError): "
-                             "replace the stub in the cell that defines it") from None
+        raise LabCheckFailed(
+            f"{name}: not written yet (it raises NotImplementedError): replace the stub in the cell that defines it"
+        ) from None
     except Exception as error:  # the student's code crashed: say where, keep the message
         raise LabCheckFailed(f"{name}: raised {type(error).__name__} on case {case!r}: {error}") from error

@@ -43,8 +43,10 @@ import torch
 def _as_token_list(tokens, *, name: str = "tokens") -> list[int]:
     if isinstance(tokens, torch.Tensor):
         if tokens.dim() != 1 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise ValueError(f"{name}: expected a 1-D integer tensor of token ids, got shape {tuple(tokens.shape)} "
-                             f"dtype {tokens.dtype}")
+            raise ValueError(
+                f"{name}: expected a 1-D integer tensor of token ids, got shape {tuple(tokens.shape)} "
+                f"dtype {tokens.dtype}"
+            )
         return tokens.tolist()
     try:
         out = [int(t) for t in tokens]
@@ -98,7 +100,7 @@ class NGramModel:
         self.order, self.vocab_size = order, vocab_size
 
         # counts[k][(h..., w)] for k = 1..n: raw counts at the highest order, continuation counts below
-        raw = Counter(tuple(stream[i:i + order]) for i in range(len(stream) - order + 1))
+        raw = Counter(tuple(stream[i : i + order]) for i in range(len(stream) - order + 1))
         counts = {order: raw}
         for k in range(order - 1, 0, -1):  # N_1+(. h w): distinct left extensions of each k-gram
             counts[k] = Counter(gram[1:] for gram in counts[k + 1])
@@ -107,8 +109,10 @@ class NGramModel:
             for k in range(1, order):
                 counts[k][tuple(stream[:k])] += 0  # present, so that its count is at least its continuations
         self.counts = counts
-        self.discounts = {k: tuple(discounts[k - 1]) if discounts is not None else kneser_ney_discounts(counts[k])
-                          for k in range(1, order + 1)}
+        self.discounts = {
+            k: tuple(discounts[k - 1]) if discounts is not None else kneser_ney_discounts(counts[k])
+            for k in range(1, order + 1)
+        }
         # per context h (a (k-1)-tuple): total count, and how many words were seen 1, 2, 3+ times after it
         self.context_total, self.context_n = {}, {}
         for k in range(1, order + 1):
@@ -128,10 +132,10 @@ class NGramModel:
         context = _as_token_list(context, name="context")
         if not 0 <= w < self.vocab_size:
             raise ValueError(f"w: expected a token id in [0, {self.vocab_size}), got {w}")
-        h = tuple(context[-(self.order - 1):]) if self.order > 1 else ()
+        h = tuple(context[-(self.order - 1) :]) if self.order > 1 else ()
         p = 1.0 / self.vocab_size  # order 0: uniform
         for k in range(1, len(h) + 2):  # from the unigram up to the longest context available
-            hk = h[len(h) - (k - 1):] if k > 1 else ()
+            hk = h[len(h) - (k - 1) :] if k > 1 else ()
             total = self.context_total[k].get(hk, 0)
             if total == 0:
                 continue  # unseen context: P(w | h) = P(w | h^-)
@@ -183,7 +187,7 @@ def held_out_ngram_loss(model: NGramModel, batches, *, reuse_len: int, sep_id: i
                 if token in (sep_id, cls_id):
                     continue  # not text: the context skips them
                 if w > 0:
-                    total -= w * math.log(model.probability(text[len(text) - keep:] if keep else [], token))
+                    total -= w * math.log(model.probability(text[len(text) - keep :] if keep else [], token))
                     weight += w
                 text.append(token)
             history[r] = (history[r] + row[:reuse_len])[-keep:] if keep else []

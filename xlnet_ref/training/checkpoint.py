@@ -46,9 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
-from safetensors.torch import load_file, load_model as _st_load_model, save_file, save_model as _st_save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as _st_load_model
+from safetensors.torch import save_model as _st_save_model
 
 from ..config import XLNetConfig
 from ..heads import HEAD_CLASS_NAMES
@@ -84,10 +85,17 @@ def file_sha256(path: Path) -> str:
 
 def _write_manifest(folder: Path) -> None:
     """SHA-256 and size of every file in ``folder`` (the manifest itself excepted), written last."""
-    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
-    (folder / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                    "algorithm": "sha256", "files": files}, indent=2) + "\n")
+    files = {
+        p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    (folder / MANIFEST_FILE).write_text(
+        json.dumps(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, "algorithm": "sha256", "files": files}, indent=2
+        )
+        + "\n"
+    )
 
 
 def verify_checkpoint(directory: str | Path, names: list[str] | None = None) -> None:
@@ -104,32 +112,42 @@ def verify_checkpoint(directory: str | Path, names: list[str] | None = None) -> 
             raise FileNotFoundError(f"checkpoint: {str(directory)!r} is not a folder; expected a checkpoint folder")
         if (directory / CONFIG_FILE).is_file():
             read_config(directory)  # a transformers folder (or another format) is named as such first
-        raise CheckpointError(f"{str(path)!r} is missing: the checksums of this checkpoint's files cannot be checked "
-                              "(a folder written before checksums existed, or a damaged one); load it with verify=False "
-                              "(--no-verify) if you trust it")
+        raise CheckpointError(
+            f"{str(path)!r} is missing: the checksums of this checkpoint's files cannot be checked "
+            "(a folder written before checksums existed, or a damaged one); load it with verify=False "
+            "(--no-verify) if you trust it"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         files = manifest["files"]
-        if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v and "bytes" in v
-                                                  for v in files.values()):
+        if not isinstance(files, dict) or not all(
+            isinstance(v, dict) and "sha256" in v and "bytes" in v for v in files.values()
+        ):
             raise TypeError("files: expected {name: {sha256, bytes}}")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{str(path)!r} is corrupt: expected JSON with the checksum of every file ({err})") from None
-    for name in (names if names is not None else sorted(files)):
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt: expected JSON with the checksum of every file ({err})"
+        ) from None
+    for name in names if names is not None else sorted(files):
         if name not in files:
             continue  # an optional file this checkpoint does not have; its loader says if it is needed
         file = directory / name
         if not file.is_file():
-            raise FileNotFoundError(f"checkpoint: {str(file)!r} is missing, but {MANIFEST_FILE} lists it (the checkpoint "
-                                    "is incomplete)")
+            raise FileNotFoundError(
+                f"checkpoint: {str(file)!r} is missing, but {MANIFEST_FILE} lists it (the checkpoint is incomplete)"
+            )
         size, recorded = file.stat().st_size, files[name]
         if size != recorded["bytes"]:
-            raise CheckpointError(f"{str(file)!r} is corrupt: {size} bytes, {MANIFEST_FILE} recorded {recorded['bytes']} "
-                                  "when it was written (truncated or changed)")
+            raise CheckpointError(
+                f"{str(file)!r} is corrupt: {size} bytes, {MANIFEST_FILE} recorded {recorded['bytes']} "
+                "when it was written (truncated or changed)"
+            )
         if file_sha256(file) != recorded["sha256"]:
-            raise CheckpointError(f"{str(file)!r} is corrupt: its SHA-256 differs from the one {MANIFEST_FILE} recorded "
-                                  "when it was written (a changed byte); load with verify=False (--no-verify) only "
-                                  "if you edited it on purpose")
+            raise CheckpointError(
+                f"{str(file)!r} is corrupt: its SHA-256 differs from the one {MANIFEST_FILE} recorded "
+                "when it was written (a changed byte); load with verify=False (--no-verify) only "
+                "if you edited it on purpose"
+            )
 
 
 def _safetensors_step(path: Path) -> str | None:
@@ -138,7 +156,9 @@ def _safetensors_step(path: Path) -> str | None:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("step")
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}") from None
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}"
+        ) from None
 
 
 @dataclass
@@ -166,7 +186,9 @@ def _to_json(obj):
         return {k: _to_json(v) for k, v in obj.items()}
     if isinstance(obj, torch.Tensor):
         if obj.numel() != 1:
-            raise TypeError(f"_to_json: expected a scalar tensor, got shape {list(obj.shape)}; tensors go to safetensors")
+            raise TypeError(
+                f"_to_json: expected a scalar tensor, got shape {list(obj.shape)}; tensors go to safetensors"
+            )
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
@@ -198,9 +220,15 @@ def _read_json(path: Path) -> dict:
 def _require(path: Path) -> None:
     if not path.is_file():
         folder = path.parent
-        what = "the folder does not exist" if not folder.is_dir() else f"it holds {sorted(p.name for p in folder.iterdir())}"
-        raise FileNotFoundError(f"checkpoint: {str(path)!r} is missing ({what}); expected an xlnet_ref checkpoint "
-                                f"folder written by save_model / save_checkpoint")
+        what = (
+            "the folder does not exist"
+            if not folder.is_dir()
+            else f"it holds {sorted(p.name for p in folder.iterdir())}"
+        )
+        raise FileNotFoundError(
+            f"checkpoint: {str(path)!r} is missing ({what}); expected an xlnet_ref checkpoint "
+            f"folder written by save_model / save_checkpoint"
+        )
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -208,7 +236,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}") from None
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ config checking
@@ -233,12 +263,18 @@ def read_config(directory: str | Path) -> tuple[str, XLNetConfig]:
     path = Path(directory) / CONFIG_FILE
     meta = _read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r}: expected format {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}"
-                              " (a transformers folder? use load_hf)")
+        raise CheckpointError(
+            f"{str(path)!r}: expected format {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}"
+            " (a transformers folder? use load_hf)"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{str(path)!r}: format_version: expected {FORMAT_VERSION}, got {meta.get('format_version')!r}")
+        raise CheckpointError(
+            f"{str(path)!r}: format_version: expected {FORMAT_VERSION}, got {meta.get('format_version')!r}"
+        )
     if meta.get("model_class") not in MODEL_CLASSES:
-        raise CheckpointError(f"{str(path)!r}: model_class: expected one of {MODEL_CLASSES}, got {meta.get('model_class')!r}")
+        raise CheckpointError(
+            f"{str(path)!r}: model_class: expected one of {MODEL_CLASSES}, got {meta.get('model_class')!r}"
+        )
     try:
         config = XLNetConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as err:
@@ -283,16 +319,20 @@ def _commit_folder(tmp: Path, directory: Path) -> None:
 
 def _write_failed(directory: Path, err: OSError) -> CheckpointWriteError:
     reason = err.strerror or str(err)
-    return CheckpointWriteError(f"checkpoint: writing {str(directory)!r} failed ({reason}); nothing was replaced "
-                                "(an earlier checkpoint is kept) and the partial folder was removed")
+    return CheckpointWriteError(
+        f"checkpoint: writing {str(directory)!r} failed ({reason}); nothing was replaced "
+        "(an earlier checkpoint is kept) and the partial folder was removed"
+    )
 
 
 def _write_model_files(folder: Path, model: torch.nn.Module, *, step: int | None = None) -> None:
     name = type(model).__name__
     if name not in MODEL_CLASSES or not isinstance(getattr(model, "config", None), XLNetConfig):
         raise ValueError(f"model: expected an xlnet_ref XLNetLMHeadModel or XLNetModel, got {name}")
-    _write_json(folder / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                       "model_class": name, "config": model.config.to_dict()})
+    _write_json(
+        folder / CONFIG_FILE,
+        {"format": FORMAT, "format_version": FORMAT_VERSION, "model_class": name, "config": model.config.to_dict()},
+    )
     # save_model (not save_file) because lm_loss.weight IS word_embedding.weight: it writes one copy
     metadata = {"format": FORMAT} if step is None else {"format": FORMAT, "step": str(step)}
     _st_save_model(model, str(folder / WEIGHTS_FILE), metadata=metadata)
@@ -323,8 +363,10 @@ def load_weights(directory: str | Path, *, model: torch.nn.Module, verify: bool 
         verify_checkpoint(directory, [CONFIG_FILE, WEIGHTS_FILE])
     model_class, saved_config = read_config(directory)
     if type(model).__name__ != model_class:
-        raise CheckpointError(f"{str(directory / CONFIG_FILE)!r}: model_class: the model is a {type(model).__name__}, "
-                              f"the checkpoint holds a {model_class}")
+        raise CheckpointError(
+            f"{str(directory / CONFIG_FILE)!r}: model_class: the model is a {type(model).__name__}, "
+            f"the checkpoint holds a {model_class}"
+        )
     check_config(model.config, saved_config.to_dict(), source=f"{str(directory / CONFIG_FILE)!r}")
     path = directory / WEIGHTS_FILE
     _require(path)
@@ -332,13 +374,17 @@ def load_weights(directory: str | Path, *, model: torch.nn.Module, verify: bool 
     try:
         missing, unexpected = _st_load_model(model, str(path), strict=False, device=str(device))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}") from None
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt: expected a safetensors file, reading it failed with: {err}"
+        ) from None
     except RuntimeError as err:  # shape mismatch inside load_state_dict
         raise CheckpointError(f"{str(path)!r}: the tensors do not fit the model ({err})") from None
     # safetensors' load_model already fills the tied copy (lm_loss.weight) from the one stored tensor,
     # so anything reported missing here really is missing
     if missing or unexpected:
-        raise CheckpointError(f"{str(path)!r}: expected exactly the model's tensors; missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"{str(path)!r}: expected exactly the model's tensors; missing {missing}, unexpected {unexpected}"
+        )
 
 
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> torch.nn.Module:
@@ -379,8 +425,10 @@ def restore_rng_state(states: dict[str, torch.Tensor], generators: dict[str, tor
     cuda = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in states.items() if k.startswith("torch.cuda."))
     if cuda and torch.cuda.is_available():
         if len(cuda) != torch.cuda.device_count():
-            raise CheckpointError(f"rng: the checkpoint has {len(cuda)} CUDA RNG states, this machine has "
-                                  f"{torch.cuda.device_count()} devices; an exact resume needs the same count")
+            raise CheckpointError(
+                f"rng: the checkpoint has {len(cuda)} CUDA RNG states, this machine has "
+                f"{torch.cuda.device_count()} devices; an exact resume needs the same count"
+            )
         torch.cuda.set_rng_state_all([v for _, v in cuda])
     if "torch.mps" in states and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         torch.mps.set_rng_state(states["torch.mps"])
@@ -440,9 +488,16 @@ def save_checkpoint(
         tmp = _atomic_folder(directory)
         try:
             _write_model_files(tmp, model, step=step)
-            state = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "extra": extra or {},
-                     "has_optimizer": optimizer is not None, "has_rng": rng is not None, "has_mems": mems is not None,
-                     "n_mems": None if mems is None else len(mems)}
+            state = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "step": step,
+                "extra": extra or {},
+                "has_optimizer": optimizer is not None,
+                "has_rng": rng is not None,
+                "has_mems": mems is not None,
+                "n_mems": None if mems is None else len(mems),
+            }
             if optimizer is not None:
                 state["optimizer"], tensors = _optimizer_to_files(optimizer)
                 save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=meta)
@@ -451,8 +506,11 @@ def save_checkpoint(
             if rng is not None:
                 save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / RNG_FILE), metadata=meta)
             if mems is not None:
-                save_file({f"mems.{i}": m.detach().to("cpu").contiguous() for i, m in enumerate(mems)},
-                          str(tmp / MEMS_FILE), metadata=meta)
+                save_file(
+                    {f"mems.{i}": m.detach().to("cpu").contiguous() for i, m in enumerate(mems)},
+                    str(tmp / MEMS_FILE),
+                    metadata=meta,
+                )
             _write_json(tmp / STATE_FILE, state)
             if tokenizer is not None:
                 tokenizer.save(tmp)
@@ -493,33 +551,47 @@ def load_checkpoint(
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint: {str(directory)!r} is not a folder; expected a checkpoint folder "
-                                f"holding {CONFIG_FILE}, {WEIGHTS_FILE} and {STATE_FILE}")
+        raise FileNotFoundError(
+            f"checkpoint: {str(directory)!r} is not a folder; expected a checkpoint folder "
+            f"holding {CONFIG_FILE}, {WEIGHTS_FILE} and {STATE_FILE}"
+        )
     if verify and (directory / STATE_FILE).is_file():
         verify_checkpoint(directory)
     state = read_training_state(directory, verify=False)
     step = state["step"]
-    for name, present in ((WEIGHTS_FILE, True), (OPTIMIZER_FILE, state.get("has_optimizer")),
-                          (RNG_FILE, state.get("has_rng")), (MEMS_FILE, state.get("has_mems"))):
+    for name, present in (
+        (WEIGHTS_FILE, True),
+        (OPTIMIZER_FILE, state.get("has_optimizer")),
+        (RNG_FILE, state.get("has_rng")),
+        (MEMS_FILE, state.get("has_mems")),
+    ):
         if present:
             _require(directory / name)
             recorded = _safetensors_step(directory / name)
             if recorded is not None and recorded != str(step):
-                raise CheckpointError(f"{str(directory / name)!r} was written at step {recorded}, but {STATE_FILE} says "
-                                      f"step {step}: the files do not belong together (an edited or mixed checkpoint)")
+                raise CheckpointError(
+                    f"{str(directory / name)!r} was written at step {recorded}, but {STATE_FILE} says "
+                    f"step {step}: the files do not belong together (an edited or mixed checkpoint)"
+                )
     load_weights(directory, model=model, verify=False)
     device = next(model.parameters()).device
     if optimizer is not None:
         if not state.get("has_optimizer"):
-            raise CheckpointError(f"{str(directory)!r}: an optimizer was given but the checkpoint holds no optimizer state")
+            raise CheckpointError(
+                f"{str(directory)!r}: an optimizer was given but the checkpoint holds no optimizer state"
+            )
         tensors = _read_safetensors(directory / OPTIMIZER_FILE)
         try:
             optimizer.load_state_dict(_optimizer_from_files(state["optimizer"], tensors))
         except (KeyError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{str(directory / OPTIMIZER_FILE)!r}: the optimizer state does not fit this optimizer ({err})") from None
+            raise CheckpointError(
+                f"{str(directory / OPTIMIZER_FILE)!r}: the optimizer state does not fit this optimizer ({err})"
+            ) from None
     if scheduler is not None:
         if "scheduler" not in state:
-            raise CheckpointError(f"{str(directory)!r}: a scheduler was given but the checkpoint holds no scheduler state")
+            raise CheckpointError(
+                f"{str(directory)!r}: a scheduler was given but the checkpoint holds no scheduler state"
+            )
         scheduler.load_state_dict(state["scheduler"])
     # has_rng is absent in checkpoints of before the manifest: there an rng file was optional
     rng = _read_safetensors(directory / RNG_FILE) if state.get("has_rng", (directory / RNG_FILE).exists()) else {}
@@ -529,8 +601,10 @@ def load_checkpoint(
         n = state.get("n_mems", len(saved))
         expected = [f"mems.{i}" for i in range(n)]
         if sorted(saved) != sorted(expected):
-            raise CheckpointError(f"{str(directory / MEMS_FILE)!r} is corrupt: expected the tensors {expected} "
-                                  f"(one per layer), it holds {sorted(saved)}")
+            raise CheckpointError(
+                f"{str(directory / MEMS_FILE)!r} is corrupt: expected the tensors {expected} "
+                f"(one per layer), it holds {sorted(saved)}"
+            )
         mems = [saved[name].to(device) for name in expected]
     return TrainingState(step=state["step"], extra=state.get("extra", {}), rng=rng, mems=mems)
 

@@ -39,11 +39,22 @@ def attention_example(result):
     with torch.no_grad():
         for batch in batches[:n_fill]:
             batch = batch.to(device)
-            mems = model(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                         target_mapping=batch.target_mapping, mems=mems).mems
+            mems = model(
+                batch.input_ids,
+                token_type_ids=batch.token_type_ids,
+                perm_mask=batch.perm_mask,
+                target_mapping=batch.target_mapping,
+                mems=mems,
+            ).mems
         batch = batches[n_fill].to(device)
-        out = model(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                    target_mapping=batch.target_mapping, mems=mems, output_attentions=True)
+        out = model(
+            batch.input_ids,
+            token_type_ids=batch.token_type_ids,
+            perm_mask=batch.perm_mask,
+            target_mapping=batch.target_mapping,
+            mems=mems,
+            output_attentions=True,
+        )
     return batch, out.attentions, mems[0].shape[1]
 
 
@@ -62,8 +73,12 @@ def make_figures(result, figures_dir: str | Path, *, baselines: dict[str, float]
 
     figures_dir = Path(figures_dir)
     cfg = result.config
-    paths = [save_figure(plot_history(result.history, title=f"XLNet permutation LM, preset {cfg.name!r}",
-                                      baselines=baselines), figures_dir / "loss_curves.png")]
+    paths = [
+        save_figure(
+            plot_history(result.history, title=f"XLNet permutation LM, preset {cfg.name!r}", baselines=baselines),
+            figures_dir / "loss_curves.png",
+        )
+    ]
 
     batch, attentions, mlen = attention_example(result)
     b, layer = 0, len(attentions) - 1
@@ -71,16 +86,26 @@ def make_figures(result, figures_dir: str | Path, *, baselines: dict[str, float]
     real = batch.target_weights[b] > 0  # [k]
     target_positions = batch.target_mapping[b].argmax(-1)[real].tolist()
     fig = plot_two_stream_attention(
-        prob_h[b].mean(0), prob_g[b].mean(0)[real], perm_mask=batch.perm_mask[b], target_positions=target_positions,
-        mlen=mlen, labels=token_labels(result.tokenizer, batch.input_ids[b]),
+        prob_h[b].mean(0),
+        prob_g[b].mean(0)[real],
+        perm_mask=batch.perm_mask[b],
+        target_positions=target_positions,
+        mlen=mlen,
+        labels=token_labels(result.tokenizer, batch.input_ids[b]),
         title=f"Two-stream attention, last layer (layer {layer}), heads averaged, one held-out window "
-              f"with {mlen} tokens of memory; red boxes: each target's own position (hidden from g)")
+        f"with {mlen} tokens of memory; red boxes: each target's own position (hidden from g)",
+    )
     paths.append(save_figure(fig, figures_dir / "two_stream_attention.png"))
 
     mass = memory_attention_mass(attentions, mlen=mlen)
     uniform = uniform_memory_mass(batch.perm_mask, batch.target_mapping, mlen=mlen)  # baseline from the masks
-    fig = plot_memory_attention(mass, mlen=mlen, qlen=cfg.seq_len, uniform=uniform,
-                                title=f"Attention mass on the {mlen}-token memory (held-out batch, preset {cfg.name!r})")
+    fig = plot_memory_attention(
+        mass,
+        mlen=mlen,
+        qlen=cfg.seq_len,
+        uniform=uniform,
+        title=f"Attention mass on the {mlen}-token memory (held-out batch, preset {cfg.name!r})",
+    )
     paths.append(save_figure(fig, figures_dir / "memory_attention.png"))
     return paths
 
@@ -92,10 +117,16 @@ def count_model_baselines(result, orders=(1, 2, 3)) -> dict[int, float]:
 
     data, config = result.data, result.config
     batches = held_out_batches(config, data)  # the very batches evaluate() scored (their own fixed generator)
-    return {n: held_out_ngram_loss(NGramModel(data.train_tokens, order=n, vocab_size=config.model.vocab_size), batches,
-                                   reuse_len=config.model.reuse_len, sep_id=data.tokenizer.sep_id,
-                                   cls_id=data.tokenizer.cls_id)
-            for n in orders}
+    return {
+        n: held_out_ngram_loss(
+            NGramModel(data.train_tokens, order=n, vocab_size=config.model.vocab_size),
+            batches,
+            reuse_len=config.model.reuse_len,
+            sep_id=data.tokenizer.sep_id,
+            cls_id=data.tokenizer.cls_id,
+        )
+        for n in orders
+    }
 
 
 def count_model_lines(losses: dict[int, float]) -> dict[str, float]:
@@ -110,8 +141,10 @@ def note_threads() -> None:
     cores = os.cpu_count() or 1
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if cores > 1 and busy >= cores - 0.5 and torch.get_num_threads() > 1:
-        print(f"  this machine is busy (load {busy:.1f} on {cores} cores): using 1 torch thread instead of "
-              f"{torch.get_num_threads()}, which is faster when the cores are shared")
+        print(
+            f"  this machine is busy (load {busy:.1f} on {cores} cores): using 1 torch thread instead of "
+            f"{torch.get_num_threads()}, which is faster when the cores are shared"
+        )
         torch.set_num_threads(1)
 
 
@@ -123,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo", help="run folder for the checkpoint (default runs/demo)")
     parser.add_argument("--figures", default="figures", help="where the PNGs go (default figures/)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--figures-only", metavar="CHECKPOINT", help="no training: redraw the figures from a checkpoint")
+    parser.add_argument(
+        "--figures-only", metavar="CHECKPOINT", help="no training: redraw the figures from a checkpoint"
+    )
     args = parser.parse_args(argv)
     import matplotlib
 
@@ -142,22 +177,32 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"device": str(device)}
     if args.steps is not None:
         base = PRESETS[name]()
-        overrides.update(steps=args.steps, warmup_steps=base.warmup_steps * args.steps // base.steps,
-                         eval_every=max(1, min(base.eval_every, args.steps // 4)))
+        overrides.update(
+            steps=args.steps,
+            warmup_steps=base.warmup_steps * args.steps // base.steps,
+            eval_every=max(1, min(base.eval_every, args.steps // 4)),
+        )
     config = preset(name, **overrides)
-    print(f"xlnet_ref demo: preset {name!r} on {device} ({torch.get_num_threads()} CPU threads), "
-          f"corpus {'CPython documentation (pydoc_data)' if config.corpus is None else config.corpus}")
-    print(f"  model: d_model {config.model.d_model}, {config.model.n_layer} layers, {config.model.n_head} heads, "
-          f"memory {config.model.mem_len} tokens (reuse_len {config.model.reuse_len}); "
-          f"{config.steps} steps of {config.batch_size} windows x {config.seq_len} tokens, "
-          f"{config.num_predict} targets per window; {config.implementation} path")
+    print(
+        f"xlnet_ref demo: preset {name!r} on {device} ({torch.get_num_threads()} CPU threads), "
+        f"corpus {'CPython documentation (pydoc_data)' if config.corpus is None else config.corpus}"
+    )
+    print(
+        f"  model: d_model {config.model.d_model}, {config.model.n_layer} layers, {config.model.n_head} heads, "
+        f"memory {config.model.mem_len} tokens (reuse_len {config.model.reuse_len}); "
+        f"{config.steps} steps of {config.batch_size} windows x {config.seq_len} tokens, "
+        f"{config.num_predict} targets per window; {config.implementation} path"
+    )
     try:
         result = train(config, out_dir=args.out, overwrite=True, progress=not args.no_progress)  # a demo starts afresh
     except TrainingInterrupted as err:  # Ctrl-C or SIGTERM: train() finished the step and saved a checkpoint
         print(f"\n{err}", file=sys.stderr)
         if err.checkpoint is not None:
-            print(f"the demo stopped before drawing; to draw from what was trained so far: "
-                  f"python -m xlnet_ref.demo --figures-only {err.checkpoint}", file=sys.stderr)
+            print(
+                f"the demo stopped before drawing; to draw from what was trained so far: "
+                f"python -m xlnet_ref.demo --figures-only {err.checkpoint}",
+                file=sys.stderr,
+            )
         return err.exit_code
     count_model_losses = count_model_baselines(result)
     paths = make_figures(result, args.figures, baselines=count_model_lines(count_model_losses))
@@ -166,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     train_losses = [r["loss"] for r in result.history if r["kind"] == "train"]
     first, last = sum(train_losses[:10]) / 10, sum(train_losses[-10:]) / 10
     print()
-    print(f"training took {result.seconds:.0f} s ({result.config.steps} steps); whole demo {time.perf_counter() - start:.0f} s")
+    print(
+        f"training took {result.seconds:.0f} s ({result.config.steps} steps); whole demo {time.perf_counter() - start:.0f} s"
+    )
     dropout = f", with dropout {result.config.model.dropout}" if result.config.model.dropout else ""
-    print(f"  train PLM loss (mean of 10 steps{dropout}): {first:.3f} (first) -> {last:.3f} (last); "
-          f"uniform guess = ln {result.config.model.vocab_size} = {uniform:.3f}")
+    print(
+        f"  train PLM loss (mean of 10 steps{dropout}): {first:.3f} (first) -> {last:.3f} (last); "
+        f"uniform guess = ln {result.config.model.vocab_size} = {uniform:.3f}"
+    )
     print(f"  held-out PLM loss (random factorization orders): {result.final('eval_plm_loss'):.3f} nats/token")
     print(f"  held-out left-to-right loss (z = identity):      {result.final('eval_l2r_loss'):.3f} nats/token")
     for order, name in ((2, "bigram"), (1, "unigram"), (3, "trigram")):

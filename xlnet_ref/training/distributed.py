@@ -55,13 +55,18 @@ def world_from_env(environ=None) -> World:
     """Read torchrun's variables (absent: one process)."""
     environ = os.environ if environ is None else environ
     try:
-        world = World(rank=int(environ.get("RANK", 0)), world_size=int(environ.get("WORLD_SIZE", 1)),
-                      local_rank=int(environ.get("LOCAL_RANK", 0)))
+        world = World(
+            rank=int(environ.get("RANK", 0)),
+            world_size=int(environ.get("WORLD_SIZE", 1)),
+            local_rank=int(environ.get("LOCAL_RANK", 0)),
+        )
     except ValueError as err:
         raise ValueError(f"torchrun environment: expected integer RANK, WORLD_SIZE, LOCAL_RANK, got {err}") from None
     if not (world.world_size >= 1 and 0 <= world.rank < world.world_size):
-        raise ValueError(f"torchrun environment: expected 0 <= RANK < WORLD_SIZE, got RANK={world.rank}, "
-                         f"WORLD_SIZE={world.world_size}")
+        raise ValueError(
+            f"torchrun environment: expected 0 <= RANK < WORLD_SIZE, got RANK={world.rank}, "
+            f"WORLD_SIZE={world.world_size}"
+        )
     return world
 
 
@@ -84,17 +89,19 @@ def stop(world: World) -> None:
 
 def check_batch_size(batch_size: int, world: World, *, halves: int) -> None:
     if batch_size % (world.world_size * halves):
-        raise ValueError(f"batch_size: expected a multiple of {world.world_size * halves} (world size "
-                         f"{world.world_size}" + (" x 2 halves with bi_data" if halves == 2 else "") +
-                         f"), got {batch_size}")
+        raise ValueError(
+            f"batch_size: expected a multiple of {world.world_size * halves} (world size "
+            f"{world.world_size}" + (" x 2 halves with bi_data" if halves == 2 else "") + f"), got {batch_size}"
+        )
 
 
 def _row_index(batch_size: int, world: World, halves: int) -> torch.Tensor:
     """The global rows this rank keeps: its chunk of every half, halves in order."""
     half = batch_size // halves
     chunk = half // world.world_size
-    return torch.cat([torch.arange(h * half + world.rank * chunk, h * half + (world.rank + 1) * chunk)
-                      for h in range(halves)])
+    return torch.cat(
+        [torch.arange(h * half + world.rank * chunk, h * half + (world.rank + 1) * chunk) for h in range(halves)]
+    )
 
 
 def rows_of(batch: PLMBatch, world: World, *, halves: int) -> PLMBatch:

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
 from ..config import XLNetConfig, check_int_fields, dataclass_from_dict
 from ..heads import HEADS, HeadConfig, best_span
+from . import checkpoint as ckpt
 from .finetune_data import TASK_HEADS, TASK_LABELS, TASKS, task_examples
 from .tokenizer import ByteTokenizer
 from .train import PRESETS, latest_checkpoint, make_scheduler, resolve_device, uses_weight_decay
@@ -86,11 +86,17 @@ class FinetuneConfig:
         if not isinstance(self.init, str) or not self.init:
             raise ValueError(f"FinetuneConfig.init: expected 'scratch' or a checkpoint folder, got {self.init!r}")
         check_int_fields(self, ("seq_len", "n_train", "n_eval", "steps", "batch_size", "max_answer_length"), minimum=1)
-        check_int_fields(self, ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"), minimum=0)
+        check_int_fields(
+            self, ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"), minimum=0
+        )
         if self.batch_size > self.n_train:
-            raise ValueError(f"FinetuneConfig.batch_size: expected at most n_train={self.n_train}, got {self.batch_size}")
+            raise ValueError(
+                f"FinetuneConfig.batch_size: expected at most n_train={self.n_train}, got {self.batch_size}"
+            )
         if self.warmup_steps >= self.steps:
-            raise ValueError(f"FinetuneConfig.warmup_steps: expected fewer than steps={self.steps}, got {self.warmup_steps}")
+            raise ValueError(
+                f"FinetuneConfig.warmup_steps: expected fewer than steps={self.steps}, got {self.warmup_steps}"
+            )
         for name in ("learning_rate", "adam_epsilon", "clip_norm"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"FinetuneConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
@@ -105,7 +111,7 @@ class FinetuneConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
+    def from_dict(cls, d: dict) -> FinetuneConfig:
         return dataclass_from_dict(cls, d)
 
 
@@ -123,8 +129,11 @@ def backbone_config(config: FinetuneConfig) -> XLNetConfig:
 
 def head_config(config: FinetuneConfig) -> HeadConfig:
     labels = TASK_LABELS[config.task]
-    return HeadConfig(num_labels=len(labels) if labels else 2, summary_type=config.summary_type,
-                      summary_last_dropout=config.summary_last_dropout)
+    return HeadConfig(
+        num_labels=len(labels) if labels else 2,
+        summary_type=config.summary_type,
+        summary_last_dropout=config.summary_last_dropout,
+    )
 
 
 def build_model(config: FinetuneConfig) -> torch.nn.Module:
@@ -152,8 +161,10 @@ def make_finetune_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> t
             layer = int(name.split(".")[2])
             scale = config.layer_decay ** (n_layer - 1 - layer)
         groups.setdefault((scale, uses_weight_decay(name)), []).append(p)
-    param_groups = [{"params": ps, "lr": config.learning_rate * scale, "weight_decay": config.weight_decay if decay else 0.0}
-                    for (scale, decay), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
+    param_groups = [
+        {"params": ps, "lr": config.learning_rate * scale, "weight_decay": config.weight_decay if decay else 0.0}
+        for (scale, decay), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))
+    ]
     return torch.optim.AdamW(param_groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_epsilon)
 
 
@@ -163,7 +174,7 @@ def batch_index(config: FinetuneConfig, step: int, n: int) -> torch.Tensor:
     epoch, k = divmod(step, per_epoch)
     g = torch.Generator().manual_seed(1_000_003 * (config.seed + 1) + epoch)
     perm = torch.randperm(n, generator=g)
-    return perm[k * config.batch_size:(k + 1) * config.batch_size]
+    return perm[k * config.batch_size : (k + 1) * config.batch_size]
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -191,11 +202,17 @@ def evaluate(model: torch.nn.Module, examples, config: FinetuneConfig, *, batch_
         if config.task == "span":
             gold_start, gold_end = kw.pop("start_positions"), kw.pop("end_positions")
             out = model(**kw)
-            s, e = best_span(out, start_n_top=model.start_n_top, end_n_top=model.end_n_top,
-                             max_answer_length=config.max_answer_length)
+            s, e = best_span(
+                out,
+                start_n_top=model.start_n_top,
+                end_n_top=model.end_n_top,
+                max_answer_length=config.max_answer_length,
+            )
             correct += float(((s == gold_start) & (e == gold_end)).sum())
-            f1 += sum(span_f1((a, b), (c, d)) for a, b, c, d in
-                      zip(s.tolist(), e.tolist(), gold_start.tolist(), gold_end.tolist()))
+            f1 += sum(
+                span_f1((a, b), (c, d))
+                for a, b, c, d in zip(s.tolist(), e.tolist(), gold_start.tolist(), gold_end.tolist())
+            )
         elif config.task == "words":
             labels = kw.pop("labels")
             pred, text = model(**kw).logits.argmax(-1), labels != -100
@@ -233,12 +250,22 @@ def _check_resume_config(config: FinetuneConfig, saved: FinetuneConfig, source: 
     diffs = [(k, mine[k], theirs[k]) for k in mine if k not in may_change and mine[k] != theirs[k]]
     if diffs:
         lines = "; ".join(f"{k}: given {a!r}, the checkpoint has {b!r}" for k, a, b in diffs)
-        raise ckpt.CheckpointError(f"resume from {str(source)!r}: the config differs in {len(diffs)} field(s) ({lines})")
+        raise ckpt.CheckpointError(
+            f"resume from {str(source)!r}: the config differs in {len(diffs)} field(s) ({lines})"
+        )
 
 
-def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None = None, resume: str | Path | None = None,
-             stop_at: int | None = None, overwrite: bool = False, progress: bool = True, log=print,
-             data: tuple | None = None) -> FinetuneResult:
+def finetune(
+    config: FinetuneConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    stop_at: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+    data: tuple | None = None,
+) -> FinetuneResult:
     """Fine-tune on ``config.task`` and return the model, history and held-out metrics.
 
     out_dir: checkpoints, history.json and metrics.json (None = write nothing); resume: a fine-tuning
@@ -256,8 +283,10 @@ def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None
         try:
             saved = FinetuneConfig.from_dict(saved_state["extra"]["finetune_config"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ckpt.CheckpointError(f"resume from {str(resume_from)!r}: expected a fine-tuning checkpoint "
-                                       f"(extra.finetune_config), got {err!r}") from None
+            raise ckpt.CheckpointError(
+                f"resume from {str(resume_from)!r}: expected a fine-tuning checkpoint "
+                f"(extra.finetune_config), got {err!r}"
+            ) from None
         if config is None:
             config = saved
         else:
@@ -273,11 +302,18 @@ def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None
     device = resolve_device(config.device)
     tokenizer = ByteTokenizer()
     if config.model.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size: expected {tokenizer.vocab_size} (the byte tokenizer the tasks use), "
-                         f"got {config.model.vocab_size}")
-    train_ex, eval_ex = data if data is not None else (
-        task_examples(config.task, "train", config.n_train, seq_len=config.seq_len),
-        task_examples(config.task, "held_out", config.n_eval, seq_len=config.seq_len))
+        raise ValueError(
+            f"model.vocab_size: expected {tokenizer.vocab_size} (the byte tokenizer the tasks use), "
+            f"got {config.model.vocab_size}"
+        )
+    train_ex, eval_ex = (
+        data
+        if data is not None
+        else (
+            task_examples(config.task, "train", config.n_train, seq_len=config.seq_len),
+            task_examples(config.task, "held_out", config.n_eval, seq_len=config.seq_len),
+        )
+    )
 
     model = build_model(config).to(device)
     optimizer = make_finetune_optimizer(model, config)
@@ -293,16 +329,25 @@ def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None
     if out_dir is not None and resume_from is None:
         earlier = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir())
         if earlier and not overwrite:
-            raise FileExistsError(f"finetune: out_dir {str(out_dir)!r} already holds checkpoints ({earlier[-1].name}); "
-                                  "expected an empty or new folder: continue with --resume, or pass --overwrite")
+            raise FileExistsError(
+                f"finetune: out_dir {str(out_dir)!r} already holds checkpoints ({earlier[-1].name}); "
+                "expected an empty or new folder: continue with --resume, or pass --overwrite"
+            )
         for p in earlier:
             shutil.rmtree(p)
 
     def save(at_step: int) -> Path:
         path = out_dir / f"checkpoint-{at_step:07d}"
-        ckpt.save_checkpoint(path, model=model, step=at_step, optimizer=optimizer, scheduler=scheduler,
-                             rng=ckpt.capture_rng_state(), extra={"finetune_config": config.to_dict(), "history": history},
-                             tokenizer=tokenizer)
+        ckpt.save_checkpoint(
+            path,
+            model=model,
+            step=at_step,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            rng=ckpt.capture_rng_state(),
+            extra={"finetune_config": config.to_dict(), "history": history},
+            tokenizer=tokenizer,
+        )
         (out_dir / "history.json").write_text(json.dumps(history) + "\n")
         old = sorted(p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p != path)
         for p in old[: max(0, len(old) - max(0, config.keep_checkpoints - 1))]:
@@ -310,9 +355,11 @@ def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None
         return path
 
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"fine-tuning {TASK_HEADS[config.task]} on '{config.task}' from {config.init}: {n_params / 1e6:.2f} M parameters, "
+    log(
+        f"fine-tuning {TASK_HEADS[config.task]} on '{config.task}' from {config.init}: {n_params / 1e6:.2f} M parameters, "
         f"{len(train_ex)} training / {len(eval_ex)} held-out examples, {config.steps} steps of {config.batch_size}, "
-        f"device {device}")
+        f"device {device}"
+    )
     end = config.steps if stop_at is None else stop_at
     last_checkpoint, metrics = None, {}
     model.train()
@@ -329,8 +376,10 @@ def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None
         step += 1
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"finetune: the loss became {loss_value} at step {step}; lower learning_rate "
-                                     f"(now {config.learning_rate})")
+            raise FloatingPointError(
+                f"finetune: the loss became {loss_value} at step {step}; lower learning_rate "
+                f"(now {config.learning_rate})"
+            )
         history.append({"kind": "train", "step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)})
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
@@ -345,11 +394,21 @@ def finetune(config: FinetuneConfig | None = None, *, out_dir: str | Path | None
     if not metrics or history[-1].get("kind") != "eval":
         metrics = evaluate(model, eval_ex, config)
     if out_dir is not None:
-        (out_dir / METRICS_FILE).write_text(json.dumps({"task": config.task, "init": config.init, "step": step,
-                                                        "seed": config.seed, **metrics}, indent=1) + "\n")
+        (out_dir / METRICS_FILE).write_text(
+            json.dumps(
+                {"task": config.task, "init": config.init, "step": step, "seed": config.seed, **metrics}, indent=1
+            )
+            + "\n"
+        )
     model.eval()
-    return FinetuneResult(model=model, config=config, history=history, metrics=metrics, checkpoint=last_checkpoint,
-                          seconds=time.perf_counter() - start_time)
+    return FinetuneResult(
+        model=model,
+        config=config,
+        history=history,
+        metrics=metrics,
+        checkpoint=last_checkpoint,
+        seconds=time.perf_counter() - start_time,
+    )
 
 
 def load_finetuned(path: str | Path, *, device: str = "cpu") -> tuple[torch.nn.Module, FinetuneConfig]:
@@ -366,13 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xlnet_ref.finetune",
         description="Fine-tune XLNet on a task built from text on this machine (no download): "
-                    "next (is B the text after A?), topic (3-way reference-topic classification), span (extractive QA), "
-                    "words (where do words start in text without spaces: token classification).",
+        "next (is B the text after A?), topic (3-way reference-topic classification), span (extractive QA), "
+        "words (where do words start in text without spaces: token classification).",
         epilog="Examples:\n  python -m xlnet_ref.train --preset tiny --out runs/tiny\n"
-               "  python -m xlnet_ref.finetune --task next --from runs/tiny --out runs/ft-next\n"
-               "  python -m xlnet_ref.finetune --task next --from scratch --out runs/ft-next-scratch\n"
-               "  python -m xlnet_ref.finetune --resume runs/ft-next --steps 400",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  python -m xlnet_ref.finetune --task next --from runs/tiny --out runs/ft-next\n"
+        "  python -m xlnet_ref.finetune --task next --from scratch --out runs/ft-next-scratch\n"
+        "  python -m xlnet_ref.finetune --resume runs/ft-next --steps 400",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", choices=TASKS, help="default next")
     p.add_argument("--from", dest="init", help="a pretraining checkpoint or run folder, or 'scratch' (default)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size for --from scratch (default tiny)")
@@ -380,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--layer-decay", type=float, help="layer-wise learning-rate decay (the original's lr_layer_decay_rate)")
+    p.add_argument(
+        "--layer-decay", type=float, help="layer-wise learning-rate decay (the original's lr_layer_decay_rate)"
+    )
     p.add_argument("--n-train", type=int, help="training examples (default 1600)")
     p.add_argument("--n-eval", type=int, help="held-out examples (default 400)")
     p.add_argument("--eval-every", type=int)
@@ -396,8 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-ARG_FIELDS = ("task", "init", "preset", "steps", "batch_size", "learning_rate", "warmup_steps", "layer_decay", "n_train",
-              "n_eval", "eval_every", "checkpoint_every", "seed", "device")
+ARG_FIELDS = (
+    "task",
+    "init",
+    "preset",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "warmup_steps",
+    "layer_decay",
+    "n_train",
+    "n_eval",
+    "eval_every",
+    "checkpoint_every",
+    "seed",
+    "device",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig | None:
@@ -425,8 +501,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
         out = args.out or (None if args.resume else default_out(config))
-        result = finetune(config, out_dir=out, resume=args.resume, stop_at=args.stop_at, overwrite=args.overwrite,
-                          progress=not args.no_progress)
+        result = finetune(
+            config,
+            out_dir=out,
+            resume=args.resume,
+            stop_at=args.stop_at,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

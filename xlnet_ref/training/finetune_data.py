@@ -41,28 +41,108 @@ from pathlib import Path
 import torch
 
 TASKS = ("next", "topic", "span", "words")
-TASK_HEADS = {"next": "XLNetForSequenceClassification", "topic": "XLNetForSequenceClassification",
-              "span": "XLNetForQuestionAnswering", "words": "XLNetForTokenClassification"}
-TASK_LABELS = {"next": ["random B", "B follows A"], "topic": ["statements", "expressions", "types and data model"],
-               "span": None, "words": ["inside a word", "starts a word"]}
+TASK_HEADS = {
+    "next": "XLNetForSequenceClassification",
+    "topic": "XLNetForSequenceClassification",
+    "span": "XLNetForQuestionAnswering",
+    "words": "XLNetForTokenClassification",
+}
+TASK_LABELS = {
+    "next": ["random B", "B follows A"],
+    "topic": ["statements", "expressions", "types and data model"],
+    "span": None,
+    "words": ["inside a word", "starts a word"],
+}
 IGNORE = -100  # label of positions that are not text (padding, SEP, CLS)
 
 SEG_A, SEG_B, SEG_CLS = 0, 1, 2  # the original's SEG_ID_A / SEG_ID_B / SEG_ID_CLS
 
 # pydoc_data topics by the part of the language reference they document
 TOPIC_GROUPS = {
-    "statements": ["assert", "assignment", "async", "augassign", "break", "class", "compound", "continue", "del",
-                   "for", "function", "global", "if", "import", "nonlocal", "pass", "raise", "return", "try", "while",
-                   "with", "else", "exceptions", "execmodel", "naming", "dynamic-features"],
-    "expressions": ["atom-identifiers", "atom-literals", "attribute-references", "await", "binary", "bitwise",
-                    "booleans", "calls", "comparisons", "conversions", "exprlists", "in", "lambda", "operator-summary",
-                    "power", "shifting", "slicings", "subscriptions", "unary", "yield", "formatstrings", "identifiers",
-                    "strings", "integers", "floating", "imaginary", "lists", "dict"],
-    "types and data model": ["types", "typesfunctions", "typesmapping", "typesmethods", "typesmodules", "typesseq",
-                             "typesseq-mutable", "string-methods", "specialnames", "customization", "numeric-types",
-                             "sequence-types", "attribute-access", "callable-types", "bltin-code-objects",
-                             "bltin-ellipsis-object", "bltin-null-object", "bltin-type-objects", "numbers", "truth",
-                             "specialattrs", "objects", "id-classes", "context-managers"],
+    "statements": [
+        "assert",
+        "assignment",
+        "async",
+        "augassign",
+        "break",
+        "class",
+        "compound",
+        "continue",
+        "del",
+        "for",
+        "function",
+        "global",
+        "if",
+        "import",
+        "nonlocal",
+        "pass",
+        "raise",
+        "return",
+        "try",
+        "while",
+        "with",
+        "else",
+        "exceptions",
+        "execmodel",
+        "naming",
+        "dynamic-features",
+    ],
+    "expressions": [
+        "atom-identifiers",
+        "atom-literals",
+        "attribute-references",
+        "await",
+        "binary",
+        "bitwise",
+        "booleans",
+        "calls",
+        "comparisons",
+        "conversions",
+        "exprlists",
+        "in",
+        "lambda",
+        "operator-summary",
+        "power",
+        "shifting",
+        "slicings",
+        "subscriptions",
+        "unary",
+        "yield",
+        "formatstrings",
+        "identifiers",
+        "strings",
+        "integers",
+        "floating",
+        "imaginary",
+        "lists",
+        "dict",
+    ],
+    "types and data model": [
+        "types",
+        "typesfunctions",
+        "typesmapping",
+        "typesmethods",
+        "typesmodules",
+        "typesseq",
+        "typesseq-mutable",
+        "string-methods",
+        "specialnames",
+        "customization",
+        "numeric-types",
+        "sequence-types",
+        "attribute-access",
+        "callable-types",
+        "bltin-code-objects",
+        "bltin-ellipsis-object",
+        "bltin-null-object",
+        "bltin-type-objects",
+        "numbers",
+        "truth",
+        "specialattrs",
+        "objects",
+        "id-classes",
+        "context-managers",
+    ],
 }
 
 
@@ -86,13 +166,19 @@ class TaskExamples:
 
     def batch(self, index: torch.Tensor) -> dict:
         """The head's keyword arguments for the rows ``index`` (labels included)."""
-        out = {"input_ids": self.input_ids[index], "token_type_ids": self.token_type_ids[index],
-               "attention_mask": self.attention_mask[index]}
+        out = {
+            "input_ids": self.input_ids[index],
+            "token_type_ids": self.token_type_ids[index],
+            "attention_mask": self.attention_mask[index],
+        }
         if self.labels is not None:
             out["labels"] = self.labels[index]
         if self.start_positions is not None:
-            out.update(start_positions=self.start_positions[index], end_positions=self.end_positions[index],
-                       p_mask=self.p_mask[index])
+            out.update(
+                start_positions=self.start_positions[index],
+                end_positions=self.end_positions[index],
+                p_mask=self.p_mask[index],
+            )
         return out
 
 
@@ -120,7 +206,9 @@ def stdlib_docstrings() -> dict[str, str]:
         if len(text) >= 400:
             docs[path.stem] = text
     if not docs:
-        raise FileNotFoundError(f"stdlib_docstrings: no documented modules under {str(folder)!r}; expected CPython's Lib/")
+        raise FileNotFoundError(
+            f"stdlib_docstrings: no documented modules under {str(folder)!r}; expected CPython's Lib/"
+        )
     return docs
 
 
@@ -162,18 +250,25 @@ def _row(segments: list[tuple[bytes, int]], *, seq_len: int, sep_id: int, cls_id
 
 def _stack(task, split, rows, documents, **extra) -> TaskExamples:
     ids, types, mask = zip(*[(r[0], r[1], r[2]) for r in rows])
-    return TaskExamples(task=task, split=split, input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
-                        attention_mask=torch.tensor(mask), documents=list(documents),
-                        **{k: (torch.tensor(v) if k != "p_mask" else torch.tensor(v, dtype=torch.float))
-                           for k, v in extra.items()})
+    return TaskExamples(
+        task=task,
+        split=split,
+        input_ids=torch.tensor(ids),
+        token_type_ids=torch.tensor(types),
+        attention_mask=torch.tensor(mask),
+        documents=list(documents),
+        **{k: (torch.tensor(v) if k != "p_mask" else torch.tensor(v, dtype=torch.float)) for k, v in extra.items()},
+    )
 
 
 def _word_cut(text: str, start: int, length: int) -> str:
-    return text[start:start + length]
+    return text[start : start + length]
 
 
 # ------------------------------------------------------------------------------------- tasks
-def next_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25) -> TaskExamples:
+def next_examples(
+    split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25
+) -> TaskExamples:
     """``n`` [A SEP B SEP CLS] pairs, label 1 when B is the text right after A, 0 when B is from another module."""
     tok = _tokenizer(tokenizer)
     docs = stdlib_docstrings()
@@ -185,29 +280,44 @@ def next_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held
         name = rng.choice(names)
         text = docs[name]
         start = rng.randrange(0, len(text) - 2 * half)
-        a = text[start:start + half]
+        a = text[start : start + half]
         if index % 2 == 0:
-            b, label = text[start + half:start + 2 * half], 1
+            b, label = text[start + half : start + 2 * half], 1
         else:
             other = rng.choice([m for m in names if m != name])
             other_start = rng.randrange(0, len(docs[other]) - half)
-            b, label = docs[other][other_start:other_start + half], 0
-        rows.append(_row([(a.encode(), SEG_A), (b.encode(), SEG_B)], seq_len=seq_len, sep_id=tok.sep_id,
-                         cls_id=tok.cls_id, pad_id=tok.pad_id))
+            b, label = docs[other][other_start : other_start + half], 0
+        rows.append(
+            _row(
+                [(a.encode(), SEG_A), (b.encode(), SEG_B)],
+                seq_len=seq_len,
+                sep_id=tok.sep_id,
+                cls_id=tok.cls_id,
+                pad_id=tok.pad_id,
+            )
+        )
         labels.append(label)
         used.append(name)
     return _stack("next", split, rows, used, labels=labels)
 
 
-def topic_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25) -> TaskExamples:
+def topic_examples(
+    split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25
+) -> TaskExamples:
     """``n`` [x SEP CLS] rows, x a stretch of a reference topic; label = its group; classes in turn (balanced)."""
     tok = _tokenizer(tokenizer)
     topics = reference_topics()
     groups = list(TOPIC_GROUPS)
     length = seq_len - 2
     rng = random.Random(f"topic-{split}")
-    by_group = [split_documents([k for k in TOPIC_GROUPS[g] if k in topics and len(topics[k]) > length], split=split,
-                                held_out_fraction=held_out_fraction) for g in groups]
+    by_group = [
+        split_documents(
+            [k for k in TOPIC_GROUPS[g] if k in topics and len(topics[k]) > length],
+            split=split,
+            held_out_fraction=held_out_fraction,
+        )
+        for g in groups
+    ]
     for g, names in zip(groups, by_group):
         if not names:
             raise ValueError(f"topic: split {split!r} has no document of group {g!r}; change held_out_fraction")
@@ -216,14 +326,23 @@ def topic_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, hel
         label = index % len(groups)
         name = rng.choice(by_group[label])
         start = rng.randrange(0, len(topics[name]) - length)
-        rows.append(_row([(topics[name][start:start + length].encode(), SEG_A)], seq_len=seq_len, sep_id=tok.sep_id,
-                         cls_id=tok.cls_id, pad_id=tok.pad_id))
+        rows.append(
+            _row(
+                [(topics[name][start : start + length].encode(), SEG_A)],
+                seq_len=seq_len,
+                sep_id=tok.sep_id,
+                cls_id=tok.cls_id,
+                pad_id=tok.pad_id,
+            )
+        )
         labels.append(label)
         used.append(name)
     return _stack("topic", split, rows, used, labels=labels)
 
 
-def span_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25) -> TaskExamples:
+def span_examples(
+    split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25
+) -> TaskExamples:
     """``n`` [passage SEP question SEP CLS] rows; the answer is one word of the passage (a span of bytes).
 
     Question = up to two words before the answer, ``?``, and the word after it; the words before the
@@ -241,19 +360,24 @@ def span_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held
         if len(text) <= passage_len:
             continue
         at = rng.randrange(0, len(text) - passage_len)
-        passage = text[at:at + passage_len]
+        passage = text[at : at + passage_len]
         words = [(m.start(), m.end()) for m in re.finditer(r"[A-Za-z_]+", passage)]
         choices = [w for w in range(2, len(words) - 1) if words[w][1] - words[w][0] >= 3 and words[w][1] < passage_len]
         if not choices:
             continue
         w = rng.choice(choices)
-        left = passage[words[w - 2][0]:words[w][0]]
-        right = passage[words[w][1]:words[w + 1][1]]
+        left = passage[words[w - 2][0] : words[w][0]]
+        right = passage[words[w][1] : words[w + 1][1]]
         question = f"{left}?{right}"
         if passage.count(left) != 1 or len(question) > question_room:
             continue
-        ids, types, mask, seg_starts = _row([(passage.encode(), SEG_A), (question.encode(), SEG_B)], seq_len=seq_len,
-                                            sep_id=tok.sep_id, cls_id=tok.cls_id, pad_id=tok.pad_id)
+        ids, types, mask, seg_starts = _row(
+            [(passage.encode(), SEG_A), (question.encode(), SEG_B)],
+            seq_len=seq_len,
+            sep_id=tok.sep_id,
+            cls_id=tok.cls_id,
+            pad_id=tok.pad_id,
+        )
         p_mask = [1.0] * seq_len
         for i in range(seg_starts[0], seg_starts[0] + passage_len):
             p_mask[i] = 0.0
@@ -265,7 +389,9 @@ def span_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held
     return _stack("span", split, rows, used, start_positions=starts, end_positions=ends, p_mask=p_masks)
 
 
-def words_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25) -> TaskExamples:
+def words_examples(
+    split: str, n: int, *, seq_len: int = 64, tokenizer=None, held_out_fraction: float = 0.25
+) -> TaskExamples:
     """``n`` [x SEP CLS] rows: docstring text without its spaces; labels [b, i]: 1 where a word starts
     (a space was removed before it), 0 elsewhere in the text, -100 outside the text."""
     tok = _tokenizer(tokenizer)
@@ -287,10 +413,11 @@ def words_examples(split: str, n: int, *, seq_len: int = 64, tokenizer=None, hel
             chars.append(ch)
             flags.append(int(after_space))
             after_space = False
-        ids, types, mask, seg_starts = _row([("".join(chars).encode(), SEG_A)], seq_len=seq_len, sep_id=tok.sep_id,
-                                            cls_id=tok.cls_id, pad_id=tok.pad_id)
+        ids, types, mask, seg_starts = _row(
+            [("".join(chars).encode(), SEG_A)], seq_len=seq_len, sep_id=tok.sep_id, cls_id=tok.cls_id, pad_id=tok.pad_id
+        )
         row_labels = [IGNORE] * seq_len
-        row_labels[seg_starts[0]:seg_starts[0] + len(chars)] = flags
+        row_labels[seg_starts[0] : seg_starts[0] + len(chars)] = flags
         rows.append((ids, types, mask))
         labels.append(row_labels)
         used.append(name)
@@ -302,8 +429,10 @@ def _tokenizer(tokenizer):
 
     tokenizer = tokenizer or ByteTokenizer()
     if getattr(tokenizer, "kind", None) != "byte":
-        raise ValueError(f"tokenizer: expected the byte tokenizer (the tasks are laid out in bytes), got "
-                         f"{getattr(tokenizer, 'kind', type(tokenizer).__name__)!r}")
+        raise ValueError(
+            f"tokenizer: expected the byte tokenizer (the tasks are laid out in bytes), got "
+            f"{getattr(tokenizer, 'kind', type(tokenizer).__name__)!r}"
+        )
     return tokenizer
 
 

@@ -43,7 +43,7 @@ class StopRequests:
             raise KeyboardInterrupt(f"second {name}: stopped in the middle of a step, without a checkpoint")
         self.signal = signum
 
-    def __enter__(self) -> "StopRequests":
+    def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)

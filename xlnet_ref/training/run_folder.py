@@ -27,8 +27,11 @@ from pathlib import Path
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 # what a save in flight leaves: checkpoint.py's temporary and replaced folders, atomic_write_text's file;
 # group 1 is the writer's pid (absent in temporary folders of before the pid was added)
-TEMPORARY_PATTERNS = (re.compile(r"^\.checkpoint-\d+\.tmp-(?:(\d+)-)?"), re.compile(r"^\.checkpoint-\d+\.old-(\d+)$"),
-                      re.compile(r"^\.history\.json\.tmp-(\d+)$"))
+TEMPORARY_PATTERNS = (
+    re.compile(r"^\.checkpoint-\d+\.tmp-(?:(\d+)-)?"),
+    re.compile(r"^\.checkpoint-\d+\.old-(\d+)$"),
+    re.compile(r"^\.history\.json\.tmp-(\d+)$"),
+)
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -59,7 +62,9 @@ def check_writable(folder: str | Path, *, what: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ValueError(f"{what} {str(folder)!r}: cannot write there ({err.strerror or err}); choose a writable folder") from None
+        raise ValueError(
+            f"{what} {str(folder)!r}: cannot write there ({err.strerror or err}); choose a writable folder"
+        ) from None
     return folder
 
 
@@ -113,8 +118,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        raise OSError(f"writing {str(path)!r} failed ({err.strerror or err}); the previous file "
-                      "is kept") from err
+        raise OSError(f"writing {str(path)!r} failed ({err.strerror or err}); the previous file is kept") from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -151,15 +155,22 @@ def plan_run_folder(folder: Path, *, resume_from: Path | None, resume_step: int 
     if continuing_here:
         own = [p for p in existing if checkpoint_step(p) <= resume_step]
         foreign = [p for p in existing if checkpoint_step(p) > resume_step]
-        why = (f"checkpoints later than step {resume_step}, the one being resumed ({', '.join(p.name for p in foreign)}); "
-               "continuing from an older checkpoint would overwrite or rotate them away")
+        why = (
+            f"checkpoints later than step {resume_step}, the one being resumed ({', '.join(p.name for p in foreign)}); "
+            "continuing from an older checkpoint would overwrite or rotate them away"
+        )
     else:
         own, foreign = [], existing
         whose = "another run" if resume_from is not None else "a run"
         why = f"checkpoints of {whose} ({', '.join(p.name for p in foreign)})"
     if foreign and not overwrite:
-        hint = ("continue it with resume (--resume), or " if resume_from is None else "resume the latest one, write to another "
-                "folder (--out), or ")
-        raise FileExistsError(f"train: out_dir {str(folder)!r} already holds {why}; expected an empty or new folder: "
-                              f"{hint}pass overwrite=True (--overwrite) to delete them and start there")
+        hint = (
+            "continue it with resume (--resume), or "
+            if resume_from is None
+            else "resume the latest one, write to another folder (--out), or "
+        )
+        raise FileExistsError(
+            f"train: out_dir {str(folder)!r} already holds {why}; expected an empty or new folder: "
+            f"{hint}pass overwrite=True (--overwrite) to delete them and start there"
+        )
     return RunFolder(folder, own=own, foreign=foreign if overwrite else [])

@@ -60,8 +60,12 @@ def copy_task_batch(
     ``labels[:, s] = tokens[:, s - 1]`` for s >= 1; ``labels[:, 0] = IGNORE`` (-100, skipped by the loss).
     Tokens are uniform over ``0..vocab_size-1``, drawn from ``generator`` on the CPU and moved to ``device``.
     """
-    for name, value in (("batch_size", batch_size), ("n_segments", n_segments), ("seg_len", seg_len),
-                        ("vocab_size", vocab_size)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("n_segments", n_segments),
+        ("seg_len", seg_len),
+        ("vocab_size", vocab_size),
+    ):
         _check_positive_int(name, value)
     if n_segments < 2:
         raise ValueError(f"n_segments: expected at least 2 (the first segment has nothing to copy), got {n_segments}")
@@ -127,8 +131,10 @@ def run_segments(
     if mem_len is not None and (isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 0):
         raise ValueError(f"mem_len: expected None or an int >= 0, got {mem_len!r}")
     if tokens.shape != labels.shape or tokens.dim() != 3:
-        raise ValueError(f"tokens, labels: expected two tensors of one shape [b, s, i], got {list(tokens.shape)} "
-                         f"and {list(labels.shape)}")
+        raise ValueError(
+            f"tokens, labels: expected two tensors of one shape [b, s, i], got {list(tokens.shape)} "
+            f"and {list(labels.shape)}"
+        )
     mems, outputs, losses, hits, counts = None, [], [], 0, 0
     per_position_hits = torch.zeros(tokens.shape[2], device=tokens.device)
     for s in range(tokens.shape[1]):
@@ -136,7 +142,7 @@ def run_segments(
         outputs.append(out)
         mems = out.mems
         if mems is not None and mem_len is not None:
-            mems = [m[:, m.shape[1] - mem_len:] for m in mems] if mem_len > 0 else None  # the last mem_len positions
+            mems = [m[:, m.shape[1] - mem_len :] for m in mems] if mem_len > 0 else None  # the last mem_len positions
         if s == 0:
             continue  # nothing to copy yet
         logits = out.logits  # [b, i, V], from the content stream
@@ -146,8 +152,12 @@ def run_segments(
         hits += int(correct.sum())
         counts += correct.numel()
     n_scored = tokens.shape[0] * (tokens.shape[1] - 1)
-    return SegmentRun(loss=torch.stack(losses).mean(), accuracy=hits / counts,
-                      per_position_accuracy=(per_position_hits / n_scored).cpu(), outputs=outputs)
+    return SegmentRun(
+        loss=torch.stack(losses).mean(),
+        accuracy=hits / counts,
+        per_position_accuracy=(per_position_hits / n_scored).cpu(),
+        outputs=outputs,
+    )
 
 
 def train_copy_task(
@@ -173,8 +183,14 @@ def train_copy_task(
     model.train()
     history = []
     for _ in range(steps):
-        tokens, labels = copy_task_batch(batch_size=batch_size, n_segments=n_segments, seg_len=seg_len,
-                                         vocab_size=model.config.vocab_size, generator=generator, device=device)
+        tokens, labels = copy_task_batch(
+            batch_size=batch_size,
+            n_segments=n_segments,
+            seg_len=seg_len,
+            vocab_size=model.config.vocab_size,
+            generator=generator,
+            device=device,
+        )
         mem_len = None
         if mem_lens is not None:
             mem_len = mem_lens[int(torch.randint(len(mem_lens), (1,), generator=generator))]
@@ -189,8 +205,20 @@ def train_copy_task(
 
 
 # the recorded run of "the one-layer bound is not a bound for two layers" (results/copy_task_one_layer_bound.json)
-BOUND_RUN = dict(vocab_size=4, seg_len=6, mem_len=1, d_model=32, n_head=4, d_inner=64, steps=2000, batch_size=64,
-                 n_segments=3, learning_rate=3e-3, eval_batch=2048, eval_seed=99)
+BOUND_RUN = dict(
+    vocab_size=4,
+    seg_len=6,
+    mem_len=1,
+    d_model=32,
+    n_head=4,
+    d_inner=64,
+    steps=2000,
+    batch_size=64,
+    n_segments=3,
+    learning_rate=3e-3,
+    eval_batch=2048,
+    eval_seed=99,
+)
 
 
 def one_layer_bound_run(n_layer: int, *, seed: int, steps: int | None = None) -> dict[str, float]:
@@ -204,20 +232,42 @@ def one_layer_bound_run(n_layer: int, *, seed: int, steps: int | None = None) ->
     _check_positive_int("n_layer", n_layer)
     cfg = BOUND_RUN
     torch.manual_seed(seed)
-    config_kw = dict(vocab_size=cfg["vocab_size"], d_model=cfg["d_model"], n_layer=n_layer, n_head=cfg["n_head"],
-                     d_inner=cfg["d_inner"], dropout=0.0, mem_len=cfg["seg_len"])
+    config_kw = dict(
+        vocab_size=cfg["vocab_size"],
+        d_model=cfg["d_model"],
+        n_layer=n_layer,
+        n_head=cfg["n_head"],
+        d_inner=cfg["d_inner"],
+        dropout=0.0,
+        mem_len=cfg["seg_len"],
+    )
     model = XLNetLMHeadModel(XLNetConfig(**config_kw))
-    train_copy_task(model, steps=steps or cfg["steps"], batch_size=cfg["batch_size"], n_segments=cfg["n_segments"],
-                    seg_len=cfg["seg_len"], learning_rate=cfg["learning_rate"], mem_lens=[cfg["mem_len"]],
-                    generator=torch.Generator().manual_seed(seed))
-    tokens, labels = copy_task_batch(batch_size=cfg["eval_batch"], n_segments=cfg["n_segments"], seg_len=cfg["seg_len"],
-                                     vocab_size=cfg["vocab_size"], generator=torch.Generator().manual_seed(cfg["eval_seed"]))
+    train_copy_task(
+        model,
+        steps=steps or cfg["steps"],
+        batch_size=cfg["batch_size"],
+        n_segments=cfg["n_segments"],
+        seg_len=cfg["seg_len"],
+        learning_rate=cfg["learning_rate"],
+        mem_lens=[cfg["mem_len"]],
+        generator=torch.Generator().manual_seed(seed),
+    )
+    tokens, labels = copy_task_batch(
+        batch_size=cfg["eval_batch"],
+        n_segments=cfg["n_segments"],
+        seg_len=cfg["seg_len"],
+        vocab_size=cfg["vocab_size"],
+        generator=torch.Generator().manual_seed(cfg["eval_seed"]),
+    )
     with torch.no_grad():
         scored = run_segments(model, tokens, labels, mem_len=cfg["mem_len"])
     bound = dict(mem_len=cfg["mem_len"], seg_len=cfg["seg_len"], vocab_size=cfg["vocab_size"])
-    return {"accuracy": scored.accuracy, "loss": float(scored.loss),
-            "one_layer_best_accuracy": copy_task_one_layer_best_accuracy(**bound),
-            "one_layer_best_loss": copy_task_one_layer_best_loss(**bound)}
+    return {
+        "accuracy": scored.accuracy,
+        "loss": float(scored.loss),
+        "one_layer_best_accuracy": copy_task_one_layer_best_accuracy(**bound),
+        "one_layer_best_loss": copy_task_one_layer_best_loss(**bound),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..experiments.common import write_result
 
-    parser = argparse.ArgumentParser(prog="python -m xlnet_ref.training.tasks",
-                                     description="Copy task, mem_len 1: one layer vs two layers against the one-layer bound.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlnet_ref.training.tasks",
+        description="Copy task, mem_len 1: one layer vs two layers against the one-layer bound.",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=None, help="folder for the result file (default: results/)")
     args = parser.parse_args(argv)
@@ -240,9 +292,15 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"n_layer={n_layer}/{key}"] = value
         print(row, flush=True)
         per_seed.append(row)
-    path = write_result("copy_task_one_layer_bound", size="full", config=dict(BOUND_RUN, n_layers=[1, 2], threads=1),
-                        command=f"python -m xlnet_ref.training.tasks --seeds {' '.join(map(str, args.seeds))}",
-                        seeds=args.seeds, per_seed=per_seed, directory=args.out)
+    path = write_result(
+        "copy_task_one_layer_bound",
+        size="full",
+        config=dict(BOUND_RUN, n_layers=[1, 2], threads=1),
+        command=f"python -m xlnet_ref.training.tasks --seeds {' '.join(map(str, args.seeds))}",
+        seeds=args.seeds,
+        per_seed=per_seed,
+        directory=args.out,
+    )
     print(f"wrote {path}")
     return 0
 

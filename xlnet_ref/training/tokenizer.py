@@ -107,22 +107,32 @@ class ByteTokenizer:
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"kind": self.kind, "vocab_size": self.vocab_size, "pad_id": self.pad_id,
-                "sep_id": self.sep_id, "cls_id": self.cls_id, "unk_id": self.unk_id}
+        meta = {
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id,
+            "sep_id": self.sep_id,
+            "cls_id": self.cls_id,
+            "unk_id": self.unk_id,
+        }
         path = directory / TOKENIZER_FILE
         path.write_text(json.dumps(meta, indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ByteTokenizer":
+    def load(cls, directory: str | Path) -> ByteTokenizer:
         meta = _read_tokenizer_meta(directory)
         if meta.get("kind") != cls.kind:
-            raise ValueError(f"ByteTokenizer.load: {str(Path(directory) / TOKENIZER_FILE)!r} describes a "
-                             f"{meta.get('kind')!r} tokenizer, expected {cls.kind!r}; use load_tokenizer()")
+            raise ValueError(
+                f"ByteTokenizer.load: {str(Path(directory) / TOKENIZER_FILE)!r} describes a "
+                f"{meta.get('kind')!r} tokenizer, expected {cls.kind!r}; use load_tokenizer()"
+            )
         tok = cls()
         for key in ("vocab_size", "pad_id", "sep_id", "cls_id", "unk_id"):
             if meta.get(key) != getattr(tok, key):
-                raise ValueError(f"ByteTokenizer.load: {key}: expected {getattr(tok, key)}, the saved file has {meta.get(key)!r}")
+                raise ValueError(
+                    f"ByteTokenizer.load: {key}: expected {getattr(tok, key)}, the saved file has {meta.get(key)!r}"
+                )
         return tok
 
     def __repr__(self) -> str:
@@ -158,12 +168,16 @@ class SentencePieceTokenizer:
     def _special(self, piece: str) -> int:
         i = self.sp.piece_to_id(piece)
         if i == self.sp.unk_id():
-            raise ValueError(f"SentencePieceTokenizer: the model has no {piece!r} piece; expected a model trained "
-                             f"with control symbols {self.control_symbols}")
+            raise ValueError(
+                f"SentencePieceTokenizer: the model has no {piece!r} piece; expected a model trained "
+                f"with control symbols {self.control_symbols}"
+            )
         return i
 
     @classmethod
-    def train(cls, text: str, *, vocab_size: int = 2000, model_type: str = "unigram", seed: int = 0) -> "SentencePieceTokenizer":
+    def train(
+        cls, text: str, *, vocab_size: int = 2000, model_type: str = "unigram", seed: int = 0
+    ) -> SentencePieceTokenizer:
         """Train on ``text`` (one sentence per non-empty line) in memory; a few seconds for ~0.5 M characters."""
         import io
 
@@ -178,14 +192,22 @@ class SentencePieceTokenizer:
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-                character_coverage=0.99995, control_symbols=list(cls.control_symbols),
-                user_defined_symbols=list(cls.user_defined_symbols), num_threads=1, minloglevel=2,
+                sentence_iterator=iter(lines),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=0.99995,
+                control_symbols=list(cls.control_symbols),
+                user_defined_symbols=list(cls.user_defined_symbols),
+                num_threads=1,
+                minloglevel=2,
             )
         except RuntimeError as err:
             # e.g. "Vocabulary size is too high (2000). Please set it to a value <= 1500."
-            raise ValueError(f"SentencePieceTokenizer.train: vocab_size={vocab_size} could not be trained on "
-                             f"{len(text)} characters: {err}") from None
+            raise ValueError(
+                f"SentencePieceTokenizer.train: vocab_size={vocab_size} could not be trained on "
+                f"{len(text)} characters: {err}"
+            ) from None
         return cls(model.getvalue())
 
     def encode(self, text: str) -> list[int]:
@@ -197,56 +219,78 @@ class SentencePieceTokenizer:
         ids = _as_long_tensor(ids).reshape(-1).tolist()
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(f"SentencePieceTokenizer.decode: ids: expected ids in [0, {self.vocab_size}), got {bad[:5]}")
+            raise ValueError(
+                f"SentencePieceTokenizer.decode: ids: expected ids in [0, {self.vocab_size}), got {bad[:5]}"
+            )
         return self.sp.decode(ids)
 
     def word_starts(self, ids) -> torch.Tensor:
         """bool tensor, same shape as ``ids``: True for pieces that begin with "▁", "<" or are punctuation."""
         ids = _as_long_tensor(ids)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(f"SentencePieceTokenizer.word_starts: ids: expected ids in [0, {self.vocab_size}), "
-                             f"got min {int(ids.min())}, max {int(ids.max())}")
+            raise ValueError(
+                f"SentencePieceTokenizer.word_starts: ids: expected ids in [0, {self.vocab_size}), "
+                f"got min {int(ids.min())}, max {int(ids.max())}"
+            )
         return self._start_table.to(ids.device)[ids]
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SENTENCEPIECE_FILE).write_bytes(self.model_proto)
-        meta = {"kind": self.kind, "model_file": SENTENCEPIECE_FILE, "vocab_size": self.vocab_size,
-                "pad_id": self.pad_id, "sep_id": self.sep_id, "cls_id": self.cls_id, "unk_id": self.unk_id}
+        meta = {
+            "kind": self.kind,
+            "model_file": SENTENCEPIECE_FILE,
+            "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id,
+            "sep_id": self.sep_id,
+            "cls_id": self.cls_id,
+            "unk_id": self.unk_id,
+        }
         path = directory / TOKENIZER_FILE
         path.write_text(json.dumps(meta, indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SentencePieceTokenizer":
+    def load(cls, directory: str | Path) -> SentencePieceTokenizer:
         meta = _read_tokenizer_meta(directory)
         if meta.get("kind") != cls.kind:
-            raise ValueError(f"SentencePieceTokenizer.load: {str(Path(directory) / TOKENIZER_FILE)!r} describes a "
-                             f"{meta.get('kind')!r} tokenizer, expected {cls.kind!r}; use load_tokenizer()")
+            raise ValueError(
+                f"SentencePieceTokenizer.load: {str(Path(directory) / TOKENIZER_FILE)!r} describes a "
+                f"{meta.get('kind')!r} tokenizer, expected {cls.kind!r}; use load_tokenizer()"
+            )
         model_path = Path(directory) / meta.get("model_file", SENTENCEPIECE_FILE)
         if not model_path.is_file():
-            raise FileNotFoundError(f"SentencePieceTokenizer.load: {str(model_path)!r} is missing; "
-                                    f"expected the SentencePiece model next to {TOKENIZER_FILE}")
+            raise FileNotFoundError(
+                f"SentencePieceTokenizer.load: {str(model_path)!r} is missing; "
+                f"expected the SentencePiece model next to {TOKENIZER_FILE}"
+            )
         try:
             tok = cls(model_path.read_bytes())
         except (RuntimeError, OSError) as err:
-            raise ValueError(f"SentencePieceTokenizer.load: {str(model_path)!r} is not a valid SentencePiece model ({err})") from None
+            raise ValueError(
+                f"SentencePieceTokenizer.load: {str(model_path)!r} is not a valid SentencePiece model ({err})"
+            ) from None
         if tok.vocab_size != meta.get("vocab_size"):
-            raise ValueError(f"SentencePieceTokenizer.load: vocab_size: {TOKENIZER_FILE} says {meta.get('vocab_size')!r}, "
-                             f"the model file has {tok.vocab_size}")
+            raise ValueError(
+                f"SentencePieceTokenizer.load: vocab_size: {TOKENIZER_FILE} says {meta.get('vocab_size')!r}, "
+                f"the model file has {tok.vocab_size}"
+            )
         return tok
 
     def __repr__(self) -> str:
-        return (f"SentencePieceTokenizer(vocab_size={self.vocab_size}, pad_id={self.pad_id}, "
-                f"sep_id={self.sep_id}, cls_id={self.cls_id})")
+        return (
+            f"SentencePieceTokenizer(vocab_size={self.vocab_size}, pad_id={self.pad_id}, "
+            f"sep_id={self.sep_id}, cls_id={self.cls_id})"
+        )
 
 
 def _read_tokenizer_meta(directory: str | Path) -> dict:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"tokenizer: {str(path)!r} is missing; expected the {TOKENIZER_FILE} that "
-                                "tokenizer.save(directory) writes")
+        raise FileNotFoundError(
+            f"tokenizer: {str(path)!r} is missing; expected the {TOKENIZER_FILE} that tokenizer.save(directory) writes"
+        )
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -266,7 +310,9 @@ def load_tokenizer(directory: str | Path) -> ByteTokenizer | SentencePieceTokeni
         return ByteTokenizer.load(directory)
     if kind == "sentencepiece":
         return SentencePieceTokenizer.load(directory)
-    raise ValueError(f"tokenizer: {str(Path(directory) / TOKENIZER_FILE)!r}: kind: expected one of {TOKENIZER_KINDS}, got {kind!r}")
+    raise ValueError(
+        f"tokenizer: {str(Path(directory) / TOKENIZER_FILE)!r}: kind: expected one of {TOKENIZER_KINDS}, got {kind!r}"
+    )
 
 
 def build_tokenizer(kind: str, *, text: str | None = None, vocab_size: int = 2000, seed: int = 0):

@@ -48,16 +48,15 @@ from types import MappingProxyType
 
 import torch
 
-from . import checkpoint as ckpt
-from . import distributed
-from . import run_folder
-from .interrupt import StopRequests, TrainingInterrupted
-from ..config import XLNetConfig, check_int_fields, dataclass_from_dict
-from .corpus import load_corpus, split_corpus
 from .. import fast
+from ..config import XLNetConfig, check_int_fields, dataclass_from_dict
 from ..model import XLNetLMHeadModel
 from ..permutation import plm_loss
 from ..pretraining_data import PLMBatch, plm_batches
+from . import checkpoint as ckpt
+from . import distributed, run_folder
+from .corpus import load_corpus, split_corpus
+from .interrupt import StopRequests, TrainingInterrupted
 from .tokenizer import build_tokenizer, load_tokenizer
 
 
@@ -106,21 +105,32 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = XLNetConfig.from_dict(self.model)
-        check_int_fields(self, ("seq_len", "batch_size", "num_predict", "steps", "eval_batches", "sp_vocab_size",
-                                "max_span"), minimum=1)
-        check_int_fields(self, ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"), minimum=0)
+        check_int_fields(
+            self,
+            ("seq_len", "batch_size", "num_predict", "steps", "eval_batches", "sp_vocab_size", "max_span"),
+            minimum=1,
+        )
+        check_int_fields(
+            self, ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"), minimum=0
+        )
         if self.implementation not in ("readable", "fast"):
             raise ValueError(f"TrainConfig.implementation: expected 'readable' or 'fast', got {self.implementation!r}")
         if self.tokenizer not in ("byte", "sentencepiece"):
             raise ValueError(f"TrainConfig.tokenizer: expected 'byte' or 'sentencepiece', got {self.tokenizer!r}")
         if not self.model.mem_len or not self.model.reuse_len:
-            raise ValueError(f"TrainConfig.model: expected mem_len > 0 and reuse_len > 0 for pretraining with memory, "
-                             f"got mem_len={self.model.mem_len!r}, reuse_len={self.model.reuse_len!r}")
+            raise ValueError(
+                f"TrainConfig.model: expected mem_len > 0 and reuse_len > 0 for pretraining with memory, "
+                f"got mem_len={self.model.mem_len!r}, reuse_len={self.model.reuse_len!r}"
+            )
         if self.model.reuse_len + 5 > self.seq_len:
-            raise ValueError(f"TrainConfig.seq_len: expected at least model.reuse_len + 5 = {self.model.reuse_len + 5} "
-                             f"(room for A, SEP, B, SEP, CLS), got {self.seq_len}")
+            raise ValueError(
+                f"TrainConfig.seq_len: expected at least model.reuse_len + 5 = {self.model.reuse_len + 5} "
+                f"(room for A, SEP, B, SEP, CLS), got {self.seq_len}"
+            )
         if self.model.bi_data and self.batch_size % 2:
-            raise ValueError(f"TrainConfig.batch_size: expected an even number with model.bi_data=True, got {self.batch_size}")
+            raise ValueError(
+                f"TrainConfig.batch_size: expected an even number with model.bi_data=True, got {self.batch_size}"
+            )
         for name in ("learning_rate", "adam_epsilon", "clip_norm"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"TrainConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
@@ -131,7 +141,9 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
         if self.warmup_steps >= self.steps:
-            raise ValueError(f"TrainConfig.warmup_steps: expected fewer than steps={self.steps}, got {self.warmup_steps}")
+            raise ValueError(
+                f"TrainConfig.warmup_steps: expected fewer than steps={self.steps}, got {self.warmup_steps}"
+            )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -139,7 +151,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         return dataclass_from_dict(cls, d)
 
 
@@ -156,11 +168,32 @@ def tiny() -> TrainConfig:
       nothing to overfit;
     * learning rate 1.5e-3 with 10 % warm-up.
     """
-    model = XLNetConfig(vocab_size=260, d_model=128, n_layer=4, n_head=4, d_inner=512, ff_activation="gelu",
-                        attn_type="bi", bi_data=False, mem_len=32, reuse_len=16, dropout=0.0)
-    return TrainConfig(model=model, name="tiny", seq_len=32, batch_size=32, num_predict=16, steps=600,
-                       learning_rate=1.5e-3, warmup_steps=60, eval_every=100, eval_batches=4,
-                       checkpoint_every=100)
+    model = XLNetConfig(
+        vocab_size=260,
+        d_model=128,
+        n_layer=4,
+        n_head=4,
+        d_inner=512,
+        ff_activation="gelu",
+        attn_type="bi",
+        bi_data=False,
+        mem_len=32,
+        reuse_len=16,
+        dropout=0.0,
+    )
+    return TrainConfig(
+        model=model,
+        name="tiny",
+        seq_len=32,
+        batch_size=32,
+        num_predict=16,
+        steps=600,
+        learning_rate=1.5e-3,
+        warmup_steps=60,
+        eval_every=100,
+        eval_batches=4,
+        checkpoint_every=100,
+    )
 
 
 def small() -> TrainConfig:
@@ -168,10 +201,32 @@ def small() -> TrainConfig:
 
     2000 steps of 32 x 128 tokens is ~18 passes over the default corpus (0.44 M bytes). On a GPU the
     batch preparation on the CPU (~50-100 ms a batch) is the slower half of a step."""
-    model = XLNetConfig(vocab_size=260, d_model=256, n_layer=6, n_head=8, d_inner=1024, ff_activation="gelu",
-                        attn_type="bi", bi_data=False, mem_len=128, reuse_len=64, dropout=0.1)
-    return TrainConfig(model=model, name="small", seq_len=128, batch_size=32, num_predict=21, steps=2000,
-                       learning_rate=5e-4, warmup_steps=200, eval_every=250, eval_batches=8, checkpoint_every=500)
+    model = XLNetConfig(
+        vocab_size=260,
+        d_model=256,
+        n_layer=6,
+        n_head=8,
+        d_inner=1024,
+        ff_activation="gelu",
+        attn_type="bi",
+        bi_data=False,
+        mem_len=128,
+        reuse_len=64,
+        dropout=0.1,
+    )
+    return TrainConfig(
+        model=model,
+        name="small",
+        seq_len=128,
+        batch_size=32,
+        num_predict=21,
+        steps=2000,
+        learning_rate=5e-4,
+        warmup_steps=200,
+        eval_every=250,
+        eval_batches=8,
+        checkpoint_every=500,
+    )
 
 
 PRESETS = MappingProxyType({"tiny": tiny, "small": small})  # read-only: name -> function making a fresh config
@@ -229,8 +284,9 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # the fast path also fuses the update into one kernel per parameter group (same numbers to round-off)
     fused = config.implementation == "fast" and next(model.parameters()).device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_epsilon,
-                             fused=fused or None)
+    return torch.optim.AdamW(
+        groups, lr=config.learning_rate, betas=(0.9, 0.999), eps=config.adam_epsilon, fused=fused or None
+    )
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -245,7 +301,9 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: f
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     def factor(step: int) -> float:
-        return lr_factor(step, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr_ratio=config.min_lr_ratio)
+        return lr_factor(
+            step, warmup_steps=config.warmup_steps, total_steps=config.steps, min_lr_ratio=config.min_lr_ratio
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -268,22 +326,41 @@ def prepare_data(config: TrainConfig, *, tokenizer=None) -> TextData:
     text = load_corpus(config.corpus)
     train_text, eval_text = split_corpus(text, eval_fraction=config.eval_fraction)
     if tokenizer is None:
-        tokenizer = build_tokenizer(config.tokenizer, text=train_text, vocab_size=config.sp_vocab_size, seed=config.seed)
+        tokenizer = build_tokenizer(
+            config.tokenizer, text=train_text, vocab_size=config.sp_vocab_size, seed=config.seed
+        )
     train_tokens = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
     eval_tokens = torch.tensor(tokenizer.encode(eval_text), dtype=torch.long)
-    return TextData(tokenizer=tokenizer, train_tokens=train_tokens, train_word_starts=tokenizer.word_starts(train_tokens),
-                    eval_tokens=eval_tokens, eval_word_starts=tokenizer.word_starts(eval_tokens),
-                    corpus_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return TextData(
+        tokenizer=tokenizer,
+        train_tokens=train_tokens,
+        train_word_starts=tokenizer.word_starts(train_tokens),
+        eval_tokens=eval_tokens,
+        eval_word_starts=tokenizer.word_starts(eval_tokens),
+        corpus_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
 
 
-def batch_stream(config: TrainConfig, tokens: torch.Tensor, word_starts: torch.Tensor, tokenizer,
-                 generator: torch.Generator):
+def batch_stream(
+    config: TrainConfig, tokens: torch.Tensor, word_starts: torch.Tensor, tokenizer, generator: torch.Generator
+):
     """plm_batches over one pass of the token stream (an "epoch"), with this run's settings."""
-    return plm_batches(tokens, seq_len=config.seq_len, reuse_len=config.model.reuse_len, batch_size=config.batch_size,
-                       num_predict=config.num_predict, perm_size=config.perm_size, bi_data=config.model.bi_data,
-                       sep_id=tokenizer.sep_id, cls_id=tokenizer.cls_id, mask_alpha=config.mask_alpha,
-                       mask_beta=config.mask_beta, max_span=config.max_span, word_starts=word_starts,
-                       generator=generator)
+    return plm_batches(
+        tokens,
+        seq_len=config.seq_len,
+        reuse_len=config.model.reuse_len,
+        batch_size=config.batch_size,
+        num_predict=config.num_predict,
+        perm_size=config.perm_size,
+        bi_data=config.model.bi_data,
+        sep_id=tokenizer.sep_id,
+        cls_id=tokenizer.cls_id,
+        mask_alpha=config.mask_alpha,
+        mask_beta=config.mask_beta,
+        max_span=config.max_span,
+        word_starts=word_starts,
+        generator=generator,
+    )
 
 
 class TrainingBatches:
@@ -321,33 +398,42 @@ class TrainingBatches:
 
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """(JSON part, tensors) of the position."""
-        return ({"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch},
-                {"data_epoch_start": self.epoch_start_state, "data_now": self.generator.get_state()})
+        return (
+            {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch},
+            {"data_epoch_start": self.epoch_start_state, "data_now": self.generator.get_state()},
+        )
 
     def restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         missing = [k for k in ("data_epoch_start", "data_now") if k not in tensors]
         if missing or not isinstance(meta, dict) or not {"epoch", "batches_in_epoch"} <= set(meta):
-            raise ckpt.CheckpointError(f"data position: expected {ckpt.RNG_FILE} to hold data_epoch_start and data_now "
-                                       f"and {ckpt.STATE_FILE} extra.data to hold epoch and batches_in_epoch; missing "
-                                       f"{missing or 'part of extra.data'}")
+            raise ckpt.CheckpointError(
+                f"data position: expected {ckpt.RNG_FILE} to hold data_epoch_start and data_now "
+                f"and {ckpt.STATE_FILE} extra.data to hold epoch and batches_in_epoch; missing "
+                f"{missing or 'part of extra.data'}"
+            )
         self.epoch = meta["epoch"]
         self.epoch_start_state = tensors["data_epoch_start"]
         try:
             self.generator.set_state(self.epoch_start_state)
         except (RuntimeError, TypeError) as err:
-            raise ckpt.CheckpointError(f"data position: data_epoch_start in {ckpt.RNG_FILE} is not a generator state "
-                                       f"({err})") from None
+            raise ckpt.CheckpointError(
+                f"data position: data_epoch_start in {ckpt.RNG_FILE} is not a generator state ({err})"
+            ) from None
         self.iterator = self.make_iterator(self.generator)
         for _ in range(meta["batches_in_epoch"]):
             if next(self.iterator, None) is None:
-                raise ckpt.CheckpointError(f"data position: the checkpoint is {meta['batches_in_epoch']} batches into "
-                                           "an epoch, but the data now has fewer; was the corpus or config changed?")
+                raise ckpt.CheckpointError(
+                    f"data position: the checkpoint is {meta['batches_in_epoch']} batches into "
+                    "an epoch, but the data now has fewer; was the corpus or config changed?"
+                )
         self.batches_in_epoch = meta["batches_in_epoch"]
         if not torch.equal(self.generator.get_state(), tensors["data_now"]):
-            raise ckpt.CheckpointError(f"data position: replaying the epoch did not reach the generator state saved in "
-                                       f"{ckpt.RNG_FILE}: that file was altered (its checksum was not checked: "
-                                       "--no-verify?), or the batch pipeline is not deterministic; the resume would "
-                                       "not be exact")
+            raise ckpt.CheckpointError(
+                f"data position: replaying the epoch did not reach the generator state saved in "
+                f"{ckpt.RNG_FILE}: that file was altered (its checksum was not checked: "
+                "--no-verify?), or the batch pipeline is not deterministic; the resume would "
+                "not be exact"
+            )
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -368,9 +454,16 @@ def left_to_right_batch(batch: PLMBatch, *, sep_id: int, cls_id: int, has_memory
     if not has_memory:
         weights[:, 0] = 0
     arange = torch.arange(seq_len, device=device).expand(b, seq_len)
-    return PLMBatch(input_ids=batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=perm_mask,
-                    target_mapping=target_mapping, target_ids=batch.input_ids, target_weights=weights,
-                    order=arange, is_target=weights.bool())
+    return PLMBatch(
+        input_ids=batch.input_ids,
+        token_type_ids=batch.token_type_ids,
+        perm_mask=perm_mask,
+        target_mapping=target_mapping,
+        target_ids=batch.input_ids,
+        target_weights=weights,
+        order=arange,
+        is_target=weights.bool(),
+    )
 
 
 def build_model(config: TrainConfig) -> XLNetLMHeadModel:
@@ -386,8 +479,14 @@ def forward_loss(model: XLNetLMHeadModel, batch: PLMBatch, mems, *, use_bf16: bo
     inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper, then DistributedDataParallel's
     skip = {"content_output": False} if isinstance(getattr(inner, "module", inner), fast.XLNetLMHeadModel) else {}
     with autocast(device, use_bf16):
-        out = model(batch.input_ids, token_type_ids=batch.token_type_ids, perm_mask=batch.perm_mask,
-                    target_mapping=batch.target_mapping, mems=mems, **skip)
+        out = model(
+            batch.input_ids,
+            token_type_ids=batch.token_type_ids,
+            perm_mask=batch.perm_mask,
+            target_mapping=batch.target_mapping,
+            mems=mems,
+            **skip,
+        )
     return plm_loss(out.logits, batch.target_ids, batch.target_weights), out.mems  # logits [b, k, V]
 
 
@@ -409,7 +508,9 @@ def evaluate(model: XLNetLMHeadModel, batches: list[PLMBatch], *, tokenizer, use
         n = float(batch.target_weights.sum())
         totals["plm"][0] += float(loss) * n
         totals["plm"][1] += n
-        l2r = left_to_right_batch(batch, sep_id=tokenizer.sep_id, cls_id=tokenizer.cls_id, has_memory=mems_l2r is not None)
+        l2r = left_to_right_batch(
+            batch, sep_id=tokenizer.sep_id, cls_id=tokenizer.cls_id, has_memory=mems_l2r is not None
+        )
         loss, mems_l2r = forward_loss(model, l2r, mems_l2r, use_bf16=use_bf16)
         n = float(l2r.target_weights.sum())
         totals["l2r"][0] += float(loss) * n
@@ -425,9 +526,11 @@ def held_out_batches(config: TrainConfig, data: TextData) -> list[PLMBatch]:
     try:
         batches = [b for _, b in zip(range(config.eval_batches), iterator)]
     except ValueError as err:
-        raise ValueError(f"corpus: the held-out part ({data.eval_tokens.numel()} tokens, eval_fraction="
-                         f"{config.eval_fraction}) is too short for one batch of {config.batch_size} x {config.seq_len}; "
-                         f"use a larger corpus, a larger eval_fraction or a smaller batch ({err})") from None
+        raise ValueError(
+            f"corpus: the held-out part ({data.eval_tokens.numel()} tokens, eval_fraction="
+            f"{config.eval_fraction}) is too short for one batch of {config.batch_size} x {config.seq_len}; "
+            f"use a larger corpus, a larger eval_fraction or a smaller batch ({err})"
+        ) from None
     return batches
 
 
@@ -461,13 +564,28 @@ def load_run(checkpoint: str | Path, *, device: str = "cpu", verify: bool = True
     tokenizer = load_tokenizer(path)
     model = XLNetLMHeadModel(config.model).to(resolve_device(device))
     mems = ckpt.load_checkpoint(path, model=model, verify=False).mems  # weights in place; no optimizer state needed
-    return TrainResult(model=model.eval(), tokenizer=tokenizer, history=state["extra"].get("history", []), config=config,
-                       checkpoint=path, mems=mems, data=prepare_data(config, tokenizer=tokenizer))
+    return TrainResult(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        history=state["extra"].get("history", []),
+        config=config,
+        checkpoint=path,
+        mems=mems,
+        data=prepare_data(config, tokenizer=tokenizer),
+    )
 
 
 # Fields that may differ when resuming; everything else must match the checkpoint. A new `steps`
 # (train longer) re-shapes the decay from there on, so that run is no longer one straight run.
-RESUME_MAY_CHANGE = ("steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "implementation", "compile")
+RESUME_MAY_CHANGE = (
+    "steps",
+    "device",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "implementation",
+    "compile",
+)
 
 
 def latest_checkpoint(path: str | Path) -> Path:
@@ -477,8 +595,10 @@ def latest_checkpoint(path: str | Path) -> Path:
         return path
     found = [p for p in run_folder.checkpoints_in(path) if (p / ckpt.STATE_FILE).is_file()]
     if not found:
-        raise FileNotFoundError(f"resume: {str(path)!r} is neither a checkpoint folder (with {ckpt.STATE_FILE}) nor a run "
-                                f"folder holding checkpoint-* folders; {'it does not exist' if not path.exists() else 'none found'}")
+        raise FileNotFoundError(
+            f"resume: {str(path)!r} is neither a checkpoint folder (with {ckpt.STATE_FILE}) nor a run "
+            f"folder holding checkpoint-* folders; {'it does not exist' if not path.exists() else 'none found'}"
+        )
     return found[-1]
 
 
@@ -486,8 +606,10 @@ def _saved_train_config(state: dict, source: Path) -> TrainConfig:
     try:
         return TrainConfig.from_dict(state["extra"]["train_config"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ckpt.CheckpointError(f"resume from {str(source)!r}: expected the training config that train() saves in "
-                                   f"{ckpt.STATE_FILE} under extra.train_config ({err!r}); was it written by save_model?") from None
+        raise ckpt.CheckpointError(
+            f"resume from {str(source)!r}: expected the training config that train() saves in "
+            f"{ckpt.STATE_FILE} under extra.train_config ({err!r}); was it written by save_model?"
+        ) from None
 
 
 def _resolve_corpus(config: TrainConfig) -> TrainConfig:
@@ -500,11 +622,17 @@ def _resolve_corpus(config: TrainConfig) -> TrainConfig:
 def _cross_check_state(state: ckpt.TrainingState, scheduler, source: Path) -> None:
     """The step the training state names must agree with the scheduler's count and the history's last row."""
     trained = [row["step"] for row in state.extra.get("history", []) if row.get("kind") == "train"]
-    found = {"the scheduler's last_epoch": scheduler.last_epoch, "the history's last train step": trained[-1] if trained else 0}
+    found = {
+        "the scheduler's last_epoch": scheduler.last_epoch,
+        "the history's last train step": trained[-1] if trained else 0,
+    }
     bad = {k: v for k, v in found.items() if v != state.step}
     if bad:
-        raise ckpt.CheckpointError(f"resume from {str(source)!r}: {ckpt.STATE_FILE} says step {state.step}, but "
-                                   + ", ".join(f"{k} is {v}" for k, v in bad.items()) + "; the checkpoint was edited or mixed")
+        raise ckpt.CheckpointError(
+            f"resume from {str(source)!r}: {ckpt.STATE_FILE} says step {state.step}, but "
+            + ", ".join(f"{k} is {v}" for k, v in bad.items())
+            + "; the checkpoint was edited or mixed"
+        )
 
 
 def _check_resume_config(config: TrainConfig, saved: TrainConfig, source: Path) -> None:
@@ -516,13 +644,23 @@ def _check_resume_config(config: TrainConfig, saved: TrainConfig, source: Path) 
     diffs += [(k, mine[k], theirs[k]) for k in mine if k not in RESUME_MAY_CHANGE and mine[k] != theirs[k]]
     if diffs:
         lines = "; ".join(f"{k}: given {a!r}, the checkpoint has {b!r}" for k, a, b in diffs)
-        raise ckpt.CheckpointError(f"resume from {str(source)!r}: the config differs in {len(diffs)} field(s) that an "
-                                   f"exact resume needs unchanged ({lines}); only {RESUME_MAY_CHANGE} may change")
+        raise ckpt.CheckpointError(
+            f"resume from {str(source)!r}: the config differs in {len(diffs)} field(s) that an "
+            f"exact resume needs unchanged ({lines}); only {RESUME_MAY_CHANGE} may change"
+        )
 
 
-def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = None, resume: str | Path | None = None,
-          stop_at: int | None = None, overwrite: bool = False, progress: bool = True, log=print,
-          verify: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    stop_at: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log=print,
+    verify: bool = True,
+) -> TrainResult:
     """Pretrain an XLNetLMHeadModel with the permutation LM objective and return the model and its history.
 
     Args:
@@ -545,15 +683,35 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path | None = Non
     world = distributed.world_from_env()  # torchrun's ranks (one process without torchrun)
     try:
         with StopRequests() as stop:
-            return _train(config, out_dir=out_dir, resume=resume, stop_at=stop_at, overwrite=overwrite,
-                          progress=progress and world.is_main, log=log if world.is_main else None, verify=verify,
-                          stop=stop, world=world)
+            return _train(
+                config,
+                out_dir=out_dir,
+                resume=resume,
+                stop_at=stop_at,
+                overwrite=overwrite,
+                progress=progress and world.is_main,
+                log=log if world.is_main else None,
+                verify=verify,
+                stop=stop,
+                world=world,
+            )
     finally:
         distributed.stop(world)
 
 
-def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify, stop: StopRequests,
-           world: distributed.World = distributed.World()) -> TrainResult:
+def _train(
+    config,
+    *,
+    out_dir,
+    resume,
+    stop_at,
+    overwrite,
+    progress,
+    log,
+    verify,
+    stop: StopRequests,
+    world: distributed.World = distributed.World(),  # noqa: B008 (frozen: one shared default is safe)
+) -> TrainResult:
     from tqdm.auto import tqdm
 
     log = log or (lambda *a, **k: None)
@@ -570,19 +728,25 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         else:
             _check_resume_config(config, saved_config, resume_from)
             if config.steps != saved_config.steps:
-                log(f"resume: steps {saved_config.steps} -> {config.steps}; the learning-rate decay is stretched "
-                    "from here on")
+                log(
+                    f"resume: steps {saved_config.steps} -> {config.steps}; the learning-rate decay is stretched "
+                    "from here on"
+                )
         if out_dir is None:
             out_dir = resume_from.parent
     if config is None:
-        raise ValueError("train: config: expected a TrainConfig (e.g. preset('tiny')) or resume=<checkpoint>, got neither")
+        raise ValueError(
+            "train: config: expected a TrainConfig (e.g. preset('tiny')) or resume=<checkpoint>, got neither"
+        )
     if stop_at is not None and not (isinstance(stop_at, int) and 0 < stop_at <= config.steps):
         raise ValueError(f"train: stop_at: expected an int in [1, steps={config.steps}], got {stop_at!r}")
     config = _resolve_corpus(config)
     if saved_state is not None and saved_state["step"] >= (config.steps if stop_at is None else stop_at):
         limit = f"steps={config.steps}" if stop_at is None else f"stop_at={stop_at}"
-        raise ValueError(f"resume: {str(resume_from)!r} is at step {saved_state['step']}, already at or past {limit}: "
-                         "nothing to train; pass a larger steps (--steps) to train longer")
+        raise ValueError(
+            f"resume: {str(resume_from)!r} is at step {saved_state['step']}, already at or past {limit}: "
+            "nothing to train; pass a larger steps (--steps) to train longer"
+        )
     out_dir = Path(out_dir) if out_dir is not None else None
     folder = None
     if out_dir is not None and world.is_main:  # before any work: a folder that cannot be written is found now
@@ -590,8 +754,12 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         removed = run_folder.remove_stale_temporaries(out_dir)
         if removed:
             log(f"removed leftovers of an interrupted save in {str(out_dir)!r}: {', '.join(removed)}")
-        folder = run_folder.plan_run_folder(out_dir, resume_from=resume_from, overwrite=overwrite,
-                                            resume_step=None if saved_state is None else saved_state["step"])
+        folder = run_folder.plan_run_folder(
+            out_dir,
+            resume_from=resume_from,
+            overwrite=overwrite,
+            resume_step=None if saved_state is None else saved_state["step"],
+        )
     device = distributed.start(world, resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
     use_bf16 = config.bf16 and device.type == "cuda"
     halves = 2 if config.model.bi_data else 1
@@ -606,20 +774,25 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         log(f"model.vocab_size {config.model.vocab_size} -> {tokenizer.vocab_size} (the tokenizer's)")
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size))
     if saved_state is not None and saved_state["extra"].get("corpus_sha256") != data.corpus_sha256:
-        raise ckpt.CheckpointError(f"resume from {str(resume_from)!r}: the corpus text differs from the one the checkpoint "
-                                   "was trained on (sha256 mismatch); an exact resume needs the same corpus")
+        raise ckpt.CheckpointError(
+            f"resume from {str(resume_from)!r}: the corpus text differs from the one the checkpoint "
+            "was trained on (sha256 mismatch); an exact resume needs the same corpus"
+        )
 
     torch.manual_seed(config.seed)  # initial weights and dropout
     model = build_model(config).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     data_generator = torch.Generator().manual_seed(config.seed + 1)
-    batches = TrainingBatches(lambda g: batch_stream(config, data.train_tokens, data.train_word_starts, tokenizer, g),
-                              data_generator)
+    batches = TrainingBatches(
+        lambda g: batch_stream(config, data.train_tokens, data.train_word_starts, tokenizer, g), data_generator
+    )
     held_out = held_out_batches(config, data)
     if data.train_tokens.numel() < config.batch_size * config.seq_len:
-        raise ValueError(f"corpus: the training part ({data.train_tokens.numel()} tokens) is too short for one batch of "
-                         f"{config.batch_size} x {config.seq_len} tokens; use a larger corpus or a smaller batch")
+        raise ValueError(
+            f"corpus: the training part ({data.train_tokens.numel()} tokens) is too short for one batch of "
+            f"{config.batch_size} x {config.seq_len} tokens; use a larger corpus or a smaller batch"
+        )
 
     step, history, mems = 0, [], None
     if resume_from is not None:
@@ -640,10 +813,12 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
     last_checkpoint = None
     stop.armed = True  # from here a signal finishes the next step and saves (interrupt.py)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"training {config.name}: {n_params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} x "
+    log(
+        f"training {config.name}: {n_params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} x "
         f"{config.seq_len} tokens, {data.train_tokens.numel()} training tokens, device {device}"
         + (" (bf16 autocast)" if use_bf16 else "")
-        + (f", {world.world_size} ranks of {config.batch_size // world.world_size} rows" if world.active else ""))
+        + (f", {world.world_size} ranks of {config.batch_size // world.world_size} rows" if world.active else "")
+    )
 
     def save(at_step: int) -> Path:
         all_mems = distributed.gather_rows(mems, world, halves=halves)  # every rank takes part; rank 0 writes
@@ -651,10 +826,23 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         if not world.is_main:
             return path
         data_meta, data_tensors = batches.state()
-        extra = {"train_config": config.to_dict(), "history": history, "data": data_meta,
-                 "corpus_sha256": data.corpus_sha256}
-        ckpt.save_checkpoint(path, model=model, step=at_step, optimizer=optimizer, scheduler=scheduler,
-                             rng=ckpt.capture_rng_state() | data_tensors, mems=all_mems, extra=extra, tokenizer=tokenizer)
+        extra = {
+            "train_config": config.to_dict(),
+            "history": history,
+            "data": data_meta,
+            "corpus_sha256": data.corpus_sha256,
+        }
+        ckpt.save_checkpoint(
+            path,
+            model=model,
+            step=at_step,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            rng=ckpt.capture_rng_state() | data_tensors,
+            mems=all_mems,
+            extra=extra,
+            tokenizer=tokenizer,
+        )
         run_folder.atomic_write_text(out_dir / "history.json", json.dumps(history) + "\n")
         folder.wrote(path, keep=config.keep_checkpoints)  # rotates this run's checkpoints only
         return path
@@ -682,11 +870,21 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
         step += 1
         loss_value = float(distributed.mean_over_ranks(loss.detach(), world))
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"train: the loss became {loss_value} at step {step}; lower learning_rate "
-                                     f"(now {config.learning_rate}) or check the data")
+            raise FloatingPointError(
+                f"train: the loss became {loss_value} at step {step}; lower learning_rate "
+                f"(now {config.learning_rate}) or check the data"
+            )
         dt = time.perf_counter() - t0
-        history.append({"kind": "train", "step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens_per_s": tokens_per_batch / dt})
+        history.append(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": tokens_per_batch / dt,
+            }
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_batch / dt:,.0f}", refresh=False)
 
@@ -705,15 +903,29 @@ def _train(config, *, out_dir, resume, stop_at, overwrite, progress, log, verify
             bar.close()
             if out_dir is not None and (last_checkpoint is None or run_folder.checkpoint_step(last_checkpoint) != step):
                 last_checkpoint = save(step)
-            where = (f"checkpoint {last_checkpoint}; resume with: python -m xlnet_ref.train --resume {out_dir}"
-                     if out_dir is not None else "nothing saved (no out_dir)")
-            raise TrainingInterrupted(f"interrupted by {stop.name or 'another rank'} after step {step} of "
-                                      f"{config.steps}: {where}", step=step, checkpoint=last_checkpoint,
-                                      signum=stop.signal or signal.SIGTERM)
+            where = (
+                f"checkpoint {last_checkpoint}; resume with: python -m xlnet_ref.train --resume {out_dir}"
+                if out_dir is not None
+                else "nothing saved (no out_dir)"
+            )
+            raise TrainingInterrupted(
+                f"interrupted by {stop.name or 'another rank'} after step {step} of {config.steps}: {where}",
+                step=step,
+                checkpoint=last_checkpoint,
+                signum=stop.signal or signal.SIGTERM,
+            )
     bar.close()
     model.eval()
-    return TrainResult(model=model, tokenizer=tokenizer, history=history, config=config, checkpoint=last_checkpoint,
-                       mems=mems, seconds=time.perf_counter() - start_time, data=data)
+    return TrainResult(
+        model=model,
+        tokenizer=tokenizer,
+        history=history,
+        config=config,
+        checkpoint=last_checkpoint,
+        mems=mems,
+        seconds=time.perf_counter() - start_time,
+        data=data,
+    )
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -722,10 +934,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m xlnet_ref.train",
         description="Pretrain a small XLNet with the permutation LM objective on a local corpus (no download).",
         epilog="Examples:\n  python -m xlnet_ref.train --preset tiny --out runs/tiny\n"
-               "  python -m xlnet_ref.train --resume runs/tiny --steps 600\n"
-               "  python -m xlnet_ref.train --preset tiny --corpus my_texts/ --tokenizer sentencepiece --export-hf runs/tiny-hf",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="tiny (CPU, ~2 min) or small (GPU); default tiny")
+        "  python -m xlnet_ref.train --resume runs/tiny --steps 600\n"
+        "  python -m xlnet_ref.train --preset tiny --corpus my_texts/ --tokenizer sentencepiece --export-hf runs/tiny-hf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="tiny (CPU, ~2 min) or small (GPU); default tiny"
+    )
     p.add_argument("--corpus", help="a UTF-8 text file or a folder of .txt files (default: CPython's documentation)")
     p.add_argument("--tokenizer", choices=["byte", "sentencepiece"], help="default byte")
     p.add_argument("--vocab-size", type=int, dest="sp_vocab_size", help="SentencePiece vocabulary size (default 2000)")
@@ -740,19 +955,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--dropout", type=float, help="the model's dropout (default: the preset's)")
-    p.add_argument("--implementation", choices=["fast", "readable"],
-                   help="the attention path: fast (default: the same equations, ~1.9x transformers' step on CPU) or "
-                        "readable (the notebooks' code, with which the experiments in results/ were recorded)")
+    p.add_argument(
+        "--implementation",
+        choices=["fast", "readable"],
+        help="the attention path: fast (default: the same equations, ~1.9x transformers' step on CPU) or "
+        "readable (the notebooks' code, with which the experiments in results/ were recorded)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile it)")
     p.add_argument("--out", help="run folder for checkpoints and history.json (default runs/<preset>)")
     p.add_argument("--resume", help="a checkpoint folder, or a run folder (its latest checkpoint)")
     p.add_argument("--stop-at", type=int, help="stop after this many steps as if interrupted (resume later)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete checkpoints in --out that are not this run's (another run's, or later than the one "
-                        "resumed); without it such a folder is refused")
-    p.add_argument("--no-verify", action="store_true",
-                   help="resume without checking the checkpoint's files against their SHA-256 in manifest.json "
-                        "(for a checkpoint edited on purpose)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete checkpoints in --out that are not this run's (another run's, or later than the one "
+        "resumed); without it such a folder is refused",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="resume without checking the checkpoint's files against their SHA-256 in manifest.json "
+        "(for a checkpoint edited on purpose)",
+    )
     p.add_argument("--export-hf", metavar="DIR", help="at the end, also write a transformers save_pretrained folder")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -760,9 +984,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig | None:
-    overrides = {k: getattr(args, k) for k in ("corpus", "tokenizer", "sp_vocab_size", "steps", "batch_size", "seq_len",
-                                               "learning_rate", "warmup_steps", "eval_every", "checkpoint_every",
-                                               "seed", "device", "implementation") if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "corpus",
+            "tokenizer",
+            "sp_vocab_size",
+            "steps",
+            "batch_size",
+            "seq_len",
+            "learning_rate",
+            "warmup_steps",
+            "eval_every",
+            "checkpoint_every",
+            "seed",
+            "device",
+            "implementation",
+        )
+        if getattr(args, k) is not None
+    }
     if args.no_bf16:
         overrides["bf16"] = False
     if args.compile:
@@ -797,8 +1037,15 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or (None if args.resume else f"runs/{config.name}")
         if args.export_hf:
             run_folder.check_writable(args.export_hf, what="--export-hf")
-        result = train(config, out_dir=out, resume=args.resume, stop_at=args.stop_at, overwrite=args.overwrite,
-                       progress=not args.no_progress, verify=not args.no_verify)
+        result = train(
+            config,
+            out_dir=out,
+            resume=args.resume,
+            stop_at=args.stop_at,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            verify=not args.no_verify,
+        )
     except TrainingInterrupted as err:
         print(f"\n{err}", file=sys.stderr)
         return err.exit_code
@@ -810,9 +1057,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not distributed.world_from_env().is_main:  # under torchrun only rank 0 reports and exports
         return 0
-    losses = ", ".join(f"{label} {result.final(key):.3f}" for key, label in
-                       (("loss", "train loss"), ("eval_plm_loss", "eval PLM loss"), ("eval_l2r_loss", "left-to-right loss"))
-                       if result.final(key) is not None)
+    losses = ", ".join(
+        f"{label} {result.final(key):.3f}"
+        for key, label in (
+            ("loss", "train loss"),
+            ("eval_plm_loss", "eval PLM loss"),
+            ("eval_l2r_loss", "left-to-right loss"),
+        )
+        if result.final(key) is not None
+    )
     print(f"done in {result.seconds:.0f} s: {losses}")
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
@@ -820,8 +1073,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             path = ckpt.export_hf(result.model, args.export_hf, tokenizer=result.tokenizer)
         except OSError as err:
-            print(f"error: --export-hf {args.export_hf!r}: writing failed ({err}); the checkpoint above is complete",
-                  file=sys.stderr)
+            print(
+                f"error: --export-hf {args.export_hf!r}: writing failed ({err}); the checkpoint above is complete",
+                file=sys.stderr,
+            )
             return 2
         print(f"transformers folder: {path} (transformers.XLNetLMHeadModel.from_pretrained({str(path)!r}))")
     return 0

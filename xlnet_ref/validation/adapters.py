@@ -20,9 +20,9 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -83,8 +83,12 @@ def _memory_gradients(inputs: dict, outputs: dict, not_measurable: dict) -> None
     if mems is None or not names:
         return
     logits = outputs.get("logits")
-    connected = isinstance(logits, torch.Tensor) and logits.requires_grad and any(
-        g is not None for g in torch.autograd.grad(logits.float().sum(), mems, allow_unused=True, retain_graph=True)
+    connected = (
+        isinstance(logits, torch.Tensor)
+        and logits.requires_grad
+        and any(
+            g is not None for g in torch.autograd.grad(logits.float().sum(), mems, allow_unused=True, retain_graph=True)
+        )
     )
     ordered = {}
     for name, value in outputs.items():
@@ -112,15 +116,20 @@ def run_adapter(adapter: Callable, case: Case) -> AdapterRun:
     except Exception as error:  # noqa: BLE001 — a refusal or a crash: validate.py judges which
         return AdapterRun(outputs=None, error=error, traceback=traceback.format_exc())
     if not isinstance(outputs, dict):
-        return AdapterRun(outputs=None, error=RuntimeError(
-            f"adapter: expected it to return a dict of stage name -> tensor, got {type(outputs).__name__}"))
+        return AdapterRun(
+            outputs=None,
+            error=RuntimeError(
+                f"adapter: expected it to return a dict of stage name -> tensor, got {type(outputs).__name__}"
+            ),
+        )
     if REFUSED in outputs:
         return AdapterRun(outputs=None, refused=str(outputs[REFUSED]))
     try:
         outputs = {k: _as_tensor(v) for k, v in outputs.items()}
     except (TypeError, ValueError) as error:  # a crash of the adapter, not a refusal: RuntimeError
-        return AdapterRun(outputs=None, error=RuntimeError(
-            f"adapter: expected every stage to be a tensor or an array, got {error}"))
+        return AdapterRun(
+            outputs=None, error=RuntimeError(f"adapter: expected every stage to be a tensor or an array, got {error}")
+        )
     not_measurable: dict = {}
     _memory_gradients(view.inputs, outputs, not_measurable)
     outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in outputs.items()}

@@ -75,40 +75,159 @@ class CaseSpec:
 
 SPECS = [
     CaseSpec("one_stream", "one stream, 'bi' attention, no masks, no segments", seed=1, batch=2, qlen=6),
-    CaseSpec("segments_padding", "one stream with segment ids (A, B, CLS = 2) and left padding",
-             seed=2, batch=2, qlen=6, token_types=True, left_padding=True),
-    CaseSpec("two_stream", "two streams: factorization-order perm_mask, 3 prediction targets (one a padding row), "
-             "segment ids, LM loss", seed=3, batch=2, qlen=6, token_types=True, num_predict=3, pad_target=True),
-    CaseSpec("memory", "two streams with a 4-position memory from the previous segment (mem_len 8 keeps 2 of it)",
-             seed=4, batch=2, qlen=6, config=dict(mem_len=8), token_types=True, num_predict=2, mem_prev=4),
-    CaseSpec("uni_memory_reuse", "'uni' (causal) attention with memory, mem_len 5 and reuse_len 4, segment ids",
-             seed=5, batch=2, qlen=6, config=dict(attn_type="uni", mem_len=5, reuse_len=4), token_types=True,
-             mem_prev=3),
-    CaseSpec("bi_data", "bi_data (first half of the batch forwards, second half backwards), clamp_len 5, two streams",
-             seed=6, batch=2, qlen=6, config=dict(bi_data=True, clamp_len=5), token_types=True, num_predict=2),
-    CaseSpec("bi_data_odd_batch", "bi_data with an odd batch (3): has no meaning, must be refused",
-             seed=7, batch=3, qlen=5, config=dict(bi_data=True), expect_error=True),
-    CaseSpec("memory_given_mem_len_0", "memory passed in while mem_len is 0: it must still be attended to",
-             seed=8, batch=1, qlen=5, config=dict(mem_len=0), left_padding=True, mem_prev=3),
-    CaseSpec("float16_padding", "float16 with left padding and segments (masked scores must stay finite)",
-             seed=9, batch=2, qlen=6, dtype="float16", token_types=True, left_padding=True),
-    CaseSpec("same_length", "'uni' attention with same_length and a 3-position memory: every query sees mlen + 1 keys",
-             seed=10, batch=2, qlen=5, config=dict(attn_type="uni", same_length=True, mem_len=6), mem_prev=3),
-    CaseSpec("untie_r_false", "untie_r False: one u, v and segment bias shared by every layer; segments, two streams",
-             seed=11, batch=2, qlen=6, config=dict(untie_r=False), token_types=True, num_predict=2),
-    CaseSpec("bi_data_batch4", "bi_data with batch 4 (rows 0-1 forwards, 2-3 backwards), memory, two streams",
-             seed=12, batch=4, qlen=5, config=dict(bi_data=True, mem_len=4), token_types=True, num_predict=2,
-             mem_prev=2),
-    CaseSpec("clamp_len", "clamp_len 2 without bi_data, with memory: every distance beyond 2 reads the same row",
-             seed=13, batch=2, qlen=6, config=dict(clamp_len=2, mem_len=4), mem_prev=3),
-    CaseSpec("uni_perm_padding", "'uni' attention with a perm_mask and left padding, segments, two streams, LM loss "
-             "(batch 1: transformers fails on a larger batch here, transformers#21626)", seed=14, batch=1, qlen=6,
-             config=dict(attn_type="uni"), token_types=True, left_padding=True, num_predict=2),
-    CaseSpec("generation_step", "one new token (qlen 1) after a 5-position memory, as in generation; mem_len 6",
-             seed=15, batch=2, qlen=1, config=dict(mem_len=6), mem_prev=5),
-    CaseSpec("gradients", "backward pass: gradients of the LM loss w.r.t. the word embeddings and every parameter "
-             "(two streams, memory, segments, a padding target)", seed=16, batch=2, qlen=5, config=dict(mem_len=4),
-             token_types=True, num_predict=2, pad_target=True, mem_prev=2, gradients=True),
+    CaseSpec(
+        "segments_padding",
+        "one stream with segment ids (A, B, CLS = 2) and left padding",
+        seed=2,
+        batch=2,
+        qlen=6,
+        token_types=True,
+        left_padding=True,
+    ),
+    CaseSpec(
+        "two_stream",
+        "two streams: factorization-order perm_mask, 3 prediction targets (one a padding row), segment ids, LM loss",
+        seed=3,
+        batch=2,
+        qlen=6,
+        token_types=True,
+        num_predict=3,
+        pad_target=True,
+    ),
+    CaseSpec(
+        "memory",
+        "two streams with a 4-position memory from the previous segment (mem_len 8 keeps 2 of it)",
+        seed=4,
+        batch=2,
+        qlen=6,
+        config=dict(mem_len=8),
+        token_types=True,
+        num_predict=2,
+        mem_prev=4,
+    ),
+    CaseSpec(
+        "uni_memory_reuse",
+        "'uni' (causal) attention with memory, mem_len 5 and reuse_len 4, segment ids",
+        seed=5,
+        batch=2,
+        qlen=6,
+        config=dict(attn_type="uni", mem_len=5, reuse_len=4),
+        token_types=True,
+        mem_prev=3,
+    ),
+    CaseSpec(
+        "bi_data",
+        "bi_data (first half of the batch forwards, second half backwards), clamp_len 5, two streams",
+        seed=6,
+        batch=2,
+        qlen=6,
+        config=dict(bi_data=True, clamp_len=5),
+        token_types=True,
+        num_predict=2,
+    ),
+    CaseSpec(
+        "bi_data_odd_batch",
+        "bi_data with an odd batch (3): has no meaning, must be refused",
+        seed=7,
+        batch=3,
+        qlen=5,
+        config=dict(bi_data=True),
+        expect_error=True,
+    ),
+    CaseSpec(
+        "memory_given_mem_len_0",
+        "memory passed in while mem_len is 0: it must still be attended to",
+        seed=8,
+        batch=1,
+        qlen=5,
+        config=dict(mem_len=0),
+        left_padding=True,
+        mem_prev=3,
+    ),
+    CaseSpec(
+        "float16_padding",
+        "float16 with left padding and segments (masked scores must stay finite)",
+        seed=9,
+        batch=2,
+        qlen=6,
+        dtype="float16",
+        token_types=True,
+        left_padding=True,
+    ),
+    CaseSpec(
+        "same_length",
+        "'uni' attention with same_length and a 3-position memory: every query sees mlen + 1 keys",
+        seed=10,
+        batch=2,
+        qlen=5,
+        config=dict(attn_type="uni", same_length=True, mem_len=6),
+        mem_prev=3,
+    ),
+    CaseSpec(
+        "untie_r_false",
+        "untie_r False: one u, v and segment bias shared by every layer; segments, two streams",
+        seed=11,
+        batch=2,
+        qlen=6,
+        config=dict(untie_r=False),
+        token_types=True,
+        num_predict=2,
+    ),
+    CaseSpec(
+        "bi_data_batch4",
+        "bi_data with batch 4 (rows 0-1 forwards, 2-3 backwards), memory, two streams",
+        seed=12,
+        batch=4,
+        qlen=5,
+        config=dict(bi_data=True, mem_len=4),
+        token_types=True,
+        num_predict=2,
+        mem_prev=2,
+    ),
+    CaseSpec(
+        "clamp_len",
+        "clamp_len 2 without bi_data, with memory: every distance beyond 2 reads the same row",
+        seed=13,
+        batch=2,
+        qlen=6,
+        config=dict(clamp_len=2, mem_len=4),
+        mem_prev=3,
+    ),
+    CaseSpec(
+        "uni_perm_padding",
+        "'uni' attention with a perm_mask and left padding, segments, two streams, LM loss "
+        "(batch 1: transformers fails on a larger batch here, transformers#21626)",
+        seed=14,
+        batch=1,
+        qlen=6,
+        config=dict(attn_type="uni"),
+        token_types=True,
+        left_padding=True,
+        num_predict=2,
+    ),
+    CaseSpec(
+        "generation_step",
+        "one new token (qlen 1) after a 5-position memory, as in generation; mem_len 6",
+        seed=15,
+        batch=2,
+        qlen=1,
+        config=dict(mem_len=6),
+        mem_prev=5,
+    ),
+    CaseSpec(
+        "gradients",
+        "backward pass: gradients of the LM loss w.r.t. the word embeddings and every parameter "
+        "(two streams, memory, segments, a padding target)",
+        seed=16,
+        batch=2,
+        qlen=5,
+        config=dict(mem_len=4),
+        token_types=True,
+        num_predict=2,
+        pad_target=True,
+        mem_prev=2,
+        gradients=True,
+    ),
 ]
 
 
@@ -184,11 +303,16 @@ def random_inputs(spec: CaseSpec, config: dict) -> dict:
             target_mapping[row, torch.arange(n_real), targets] = 1.0
             target_ids[row, :n_real] = inputs["input_ids"][row, targets]
             target_weights[row, :n_real] = 1.0
-        inputs.update(perm_mask=perm_mask.to(dtype), target_mapping=target_mapping.to(dtype),
-                      target_ids=target_ids, target_weights=target_weights.to(dtype))
+        inputs.update(
+            perm_mask=perm_mask.to(dtype),
+            target_mapping=target_mapping.to(dtype),
+            target_ids=target_ids,
+            target_weights=target_weights.to(dtype),
+        )
     if spec.mem_prev:
-        inputs["mems"] = [torch.randn(b, spec.mem_prev, config["d_model"], generator=g).to(dtype)
-                          for _ in range(config["n_layer"])]
+        inputs["mems"] = [
+            torch.randn(b, spec.mem_prev, config["d_model"], generator=g).to(dtype) for _ in range(config["n_layer"])
+        ]
     return inputs
 
 
@@ -198,17 +322,19 @@ def builtin_cases(names: list[str] | None = None) -> list[Case]:
     cases = []
     for spec in specs:
         config = XLNetConfig.from_dict({**TINY, **spec.config}).to_dict()
-        cases.append(Case(
-            name=spec.name,
-            description=spec.description,
-            config=config,
-            dtype=spec.dtype,
-            weights=random_weights(config, seed=spec.seed, dtype=DTYPES[spec.dtype]),
-            inputs=random_inputs(spec, config),
-            tolerances=dict(TOLERANCES[spec.dtype]),
-            expect_error="(the reference refuses this input)" if spec.expect_error else None,
-            gradients=spec.gradients,
-        ))
+        cases.append(
+            Case(
+                name=spec.name,
+                description=spec.description,
+                config=config,
+                dtype=spec.dtype,
+                weights=random_weights(config, seed=spec.seed, dtype=DTYPES[spec.dtype]),
+                inputs=random_inputs(spec, config),
+                tolerances=dict(TOLERANCES[spec.dtype]),
+                expect_error="(the reference refuses this input)" if spec.expect_error else None,
+                gradients=spec.gradients,
+            )
+        )
     return cases
 
 
@@ -217,8 +343,6 @@ def spec_by_name(name: str) -> CaseSpec:
         if spec.name == name:
             return spec
     raise ValueError(f"case: expected one of {[s.name for s in SPECS]}, got {name!r}")
-
-
 
 
 def expected_stage_names(spec: CaseSpec) -> list[str]:

@@ -44,13 +44,21 @@ def validate_main(argv: list[str] | None = None) -> int:
         prog="python -m xlnet_ref.validate",
         description="Compare an XLNet implementation with the reference, stage by stage (docs/validate.md).",
     )
-    parser.add_argument("--against", default="hf",
-                        help="hf | ref | mutant:NAME | module:callable | path/file.py:callable (default: hf)")
-    parser.add_argument("--golden", metavar="DIR",
-                        help="take the expected stages from this golden directory instead of running the reference")
+    parser.add_argument(
+        "--against", default="hf", help="hf | ref | mutant:NAME | module:callable | path/file.py:callable (default: hf)"
+    )
+    parser.add_argument(
+        "--golden",
+        metavar="DIR",
+        help="take the expected stages from this golden directory instead of running the reference",
+    )
     parser.add_argument("--case", action="append", metavar="NAME", help="only this case (repeatable)")
-    parser.add_argument("--layout", choices=["batch_first", "length_first"], default="batch_first",
-                        help="length_first: the adapter returns the original code's [i, b, ...] layouts")
+    parser.add_argument(
+        "--layout",
+        choices=["batch_first", "length_first"],
+        default="batch_first",
+        help="length_first: the adapter returns the original code's [i, b, ...] layouts",
+    )
     parser.add_argument("--brief", action="store_true", help="print only the failing stages of each case")
     parser.add_argument("--traceback", action="store_true", help="show the adapter's full exception")
     parser.add_argument("--list-cases", action="store_true")
@@ -75,10 +83,14 @@ def _validate(args) -> int:
 
 
 def golden_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xlnet_ref.golden",
-                                     description="Write or check the golden files (golden/README.md).")
-    parser.add_argument("command", choices=["write", "check"],
-                        help="write: regenerate the golden files; check: does the reference reproduce them?")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlnet_ref.golden", description="Write or check the golden files (golden/README.md)."
+    )
+    parser.add_argument(
+        "command",
+        choices=["write", "check"],
+        help="write: regenerate the golden files; check: does the reference reproduce them?",
+    )
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="golden directory (default: %(default)s)")
     return _one_thread(_golden, parser.parse_args(argv))
 

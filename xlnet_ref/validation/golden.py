@@ -90,14 +90,24 @@ def case_manifest(case: Case) -> dict:
     inputs = []
     for k, v in case.inputs.items():
         if k == "mems":
-            inputs.append({"name": "mems", "files": [f"inputs/mems.{layer}" for layer in range(len(v))],
-                           "shape": list(v[0].shape), "dtype": str(v[0].dtype).replace("torch.", ""),
-                           "meaning": INPUT_MEANINGS[k]})
+            inputs.append(
+                {
+                    "name": "mems",
+                    "files": [f"inputs/mems.{layer}" for layer in range(len(v))],
+                    "shape": list(v[0].shape),
+                    "dtype": str(v[0].dtype).replace("torch.", ""),
+                    "meaning": INPUT_MEANINGS[k],
+                }
+            )
         else:
             inputs.append({**_describe_tensor(k, v), "file": f"inputs/{k}", "meaning": INPUT_MEANINGS[k]})
     stages = [
-        {**_describe_tensor(k, v), "file": f"stages/{k}", "layout": stage_layout(k, two_stream=two_stream),
-         "meaning": stage_description(k)}
+        {
+            **_describe_tensor(k, v),
+            "file": f"stages/{k}",
+            "layout": stage_layout(k, two_stream=two_stream),
+            "meaning": stage_description(k),
+        }
         for k, v in (case.expected or {}).items()
     ]
     return {
@@ -126,10 +136,10 @@ def write_golden(directory: str | Path = DEFAULT_DIR, cases: list[Case] | None =
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "about": "XLNet reference stages from xlnet_ref; format, layouts and meanings: README.md in this folder; "
-                 "compare an implementation's outputs with compare.py",
+        "compare an implementation's outputs with compare.py",
         "comparison": "a stage passes iff max|actual - expected| <= rtol * max|expected| + atol over its entries; "
-                      "masks and seg_diff must be equal; entries with |expected| >= huge (masked scores) must be "
-                      "masked in the actual too; rows of query.* for all-zero target_mapping rows are not compared",
+        "masks and seg_diff must be equal; entries with |expected| >= huge (masked scores) must be "
+        "masked in the actual too; rows of query.* for all-zero target_mapping rows are not compared",
         "generated_on": environment(),
         "cases": [case_manifest(c) for c in cases],
     }
@@ -174,15 +184,19 @@ def check_manifest(manifest: dict, directory: str | Path, names: list[str] | Non
     wanted = names if names is not None else list(builtin)
     missing = [n for n in wanted if n in builtin and n not in entries]
     if missing:
-        raise GoldenError(f"{path}: lists {len(entries)} cases, the golden set has {len(builtin)}: missing "
-                          f"{missing[:4]}{' ...' if len(missing) > 4 else ''} (regenerate: python -m xlnet_ref.golden write)")
+        raise GoldenError(
+            f"{path}: lists {len(entries)} cases, the golden set has {len(builtin)}: missing "
+            f"{missing[:4]}{' ...' if len(missing) > 4 else ''} (regenerate: python -m xlnet_ref.golden write)"
+        )
     for n in wanted:
         if n not in builtin:
             continue
         spec, entry = builtin[n], entries[n]
         if bool(spec.expect_error) != bool(entry.get("expect_error")):
-            raise GoldenError(f"{path}: case {n!r}: expected expect_error {'set' if spec.expect_error else 'empty'}, "
-                              f"got {entry.get('expect_error')!r}")
+            raise GoldenError(
+                f"{path}: case {n!r}: expected expect_error {'set' if spec.expect_error else 'empty'}, "
+                f"got {entry.get('expect_error')!r}"
+            )
         listed = [s["name"] for s in entry["stages"]]
         want = expected_stage_names(spec)
         lost = [s for s in want if s not in listed]
@@ -209,7 +223,7 @@ def read_cases(directory: str | Path = DEFAULT_DIR, names: list[str] | None = No
         except UsageError as error:
             raise GoldenError(str(error)) from None
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-        weights = {k[len("weights/"):]: v for k, v in tensors.items() if k.startswith("weights/")}
+        weights = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
         inputs: dict = {}
         for item in entry["inputs"]:
             if item["name"] == "mems":
@@ -217,11 +231,20 @@ def read_cases(directory: str | Path = DEFAULT_DIR, names: list[str] | None = No
             else:
                 inputs[item["name"]] = tensors[item["file"]]
         expected = {s["name"]: tensors[s["file"]] for s in entry["stages"]}  # manifest order = forward order
-        cases.append(Case(
-            name=entry["name"], description=entry["description"], config=entry["config"], dtype=entry["dtype"],
-            weights=weights, inputs=inputs, tolerances=entry["tolerances"], expect_error=entry["expect_error"],
-            expected=expected, gradients=bool(entry.get("gradients", False)),
-        ))
+        cases.append(
+            Case(
+                name=entry["name"],
+                description=entry["description"],
+                config=entry["config"],
+                dtype=entry["dtype"],
+                weights=weights,
+                inputs=inputs,
+                tolerances=entry["tolerances"],
+                expect_error=entry["expect_error"],
+                expected=expected,
+                gradients=bool(entry.get("gradients", False)),
+            )
+        )
     return cases
 
 

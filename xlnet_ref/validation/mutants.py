@@ -14,8 +14,9 @@ is put back. Outside a ``with`` block nothing here changes the reference.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, ContextManager
 from unittest import mock
 
 import torch
@@ -33,7 +34,7 @@ class Mutant:
     bug: str  # what the buggy implementation does, in words
     expected_case: str  # the first golden case that catches it
     expected_stage: str  # the first stage that fails in that case
-    inject: Callable[[nn.Module], ContextManager]  # model -> context manager that puts the bug in
+    inject: Callable[[nn.Module], AbstractContextManager]  # model -> context manager that puts the bug in
 
 
 # --- the bugs -----------------------------------------------------------------------------------------
@@ -201,46 +202,123 @@ def _memory_only_with_mem_len(backbone, real, input_ids, **kw):
     return real(input_ids, **kw)
 
 
-MUTANTS = {m.name: m for m in [
-    Mutant("shared_attention_weights", "one set of attention weights (layer 0's) used by every layer",
-           "one_stream", "layer1.q_h", _shared_attention_weights),
-    Mutant("feed_forward_missing", "the last layer has no feed-forward block",
-           "one_stream", "layer1.content_ff_out", _feed_forward_missing_in_last_layer),
-    Mutant("no_rel_shift", "rel_shift left out: position scores read by absolute column, not by distance",
-           "one_stream", "layer0.content.bd", lambda m: mock.patch.object(attention, "rel_shift", _no_shift)),
-    Mutant("transformer_xl_rel_shift", "Transformer-XL's zero-pad rel_shift used on XLNet's position table",
-           "one_stream", "layer0.content.bd",
-           lambda m: mock.patch.object(attention, "rel_shift", _transformer_xl_shift)),
-    Mutant("perm_mask_flipped", "perm_mask read with the opposite sign (1 = may attend)",
-           "two_stream", "attn_mask", _patch_masks(_flip_perm)),
-    Mutant("query_stream_sees_itself", "one mask for both streams: the query stream sees its own token",
-           "segments_padding", "attn_mask", _patch_masks(_query_mask_for_both)),
-    Mutant("content_stream_blind_to_itself", "one mask for both streams: the content stream may not see itself",
-           "segments_padding", "non_tgt_mask", _patch_masks(_content_mask_for_both)),
-    Mutant("memory_not_detached", "the cached memory is not detached: gradients flow into the previous segment",
-           "memory", "layer0.new_mem_grad",
-           lambda m: mock.patch.object(model_module, "cache_mem", _cache_mem_not_detached)),
-    Mutant("absolute_segment_ids", "segment term from the key's absolute segment id, not same/different",
-           "segments_padding", "seg_diff",
-           lambda m: mock.patch.object(model_module, "segment_difference", _absolute_segments)),
-    Mutant("tanh_gelu", "tanh-approximate GELU (the original TF code's) instead of the exact erf GELU",
-           "one_stream", "layer0.content_ff_out", _tanh_gelu),
-    Mutant("loss_mask_no_effect", "the loss mask multiplied onto an already averaged loss (padding targets count)",
-           "two_stream", "loss",
-           lambda m: mock.patch.object(permutation, "plm_loss", _loss_mask_on_averaged_loss)),
-    Mutant("bi_data_ignored", "bi_data silently off: the second half of the batch is not read backwards",
-           "bi_data", "pos_emb",
-           lambda m: mock.patch.object(model_module, "relative_positional_encoding", _bi_data_always_off)),
-    Mutant("bi_data_odd_batch_runs", "bi_data silently off for an odd batch instead of refusing it",
-           "bi_data_odd_batch", "input_check", lambda m: _patch_backbone_forward(m, _bi_data_off_for_odd_batch)),
-    Mutant("memory_needs_mem_len", "memory used only when config.mem_len > 0, not whenever mems are given",
-           "memory_given_mem_len_0", "pos_emb", lambda m: _patch_backbone_forward(m, _memory_only_with_mem_len)),
-    Mutant("float16_mask_1e30", "masking by subtracting 1e30 in float16 (becomes inf: -inf scores, nan rows)",
-           "float16_padding", "layer0.content.score",
-           lambda m: mock.patch.object(attention, "mask_value", lambda dtype: 1e30)),
-    Mutant("gelu_wrong_backward", "a hand-written GELU whose backward drops the x phi(x) term (forward exact)",
-           "gradients", "grad.transformer.layer.1.ff.layer_1.weight", _gelu_wrong_backward),
-]}
+MUTANTS = {
+    m.name: m
+    for m in [
+        Mutant(
+            "shared_attention_weights",
+            "one set of attention weights (layer 0's) used by every layer",
+            "one_stream",
+            "layer1.q_h",
+            _shared_attention_weights,
+        ),
+        Mutant(
+            "feed_forward_missing",
+            "the last layer has no feed-forward block",
+            "one_stream",
+            "layer1.content_ff_out",
+            _feed_forward_missing_in_last_layer,
+        ),
+        Mutant(
+            "no_rel_shift",
+            "rel_shift left out: position scores read by absolute column, not by distance",
+            "one_stream",
+            "layer0.content.bd",
+            lambda m: mock.patch.object(attention, "rel_shift", _no_shift),
+        ),
+        Mutant(
+            "transformer_xl_rel_shift",
+            "Transformer-XL's zero-pad rel_shift used on XLNet's position table",
+            "one_stream",
+            "layer0.content.bd",
+            lambda m: mock.patch.object(attention, "rel_shift", _transformer_xl_shift),
+        ),
+        Mutant(
+            "perm_mask_flipped",
+            "perm_mask read with the opposite sign (1 = may attend)",
+            "two_stream",
+            "attn_mask",
+            _patch_masks(_flip_perm),
+        ),
+        Mutant(
+            "query_stream_sees_itself",
+            "one mask for both streams: the query stream sees its own token",
+            "segments_padding",
+            "attn_mask",
+            _patch_masks(_query_mask_for_both),
+        ),
+        Mutant(
+            "content_stream_blind_to_itself",
+            "one mask for both streams: the content stream may not see itself",
+            "segments_padding",
+            "non_tgt_mask",
+            _patch_masks(_content_mask_for_both),
+        ),
+        Mutant(
+            "memory_not_detached",
+            "the cached memory is not detached: gradients flow into the previous segment",
+            "memory",
+            "layer0.new_mem_grad",
+            lambda m: mock.patch.object(model_module, "cache_mem", _cache_mem_not_detached),
+        ),
+        Mutant(
+            "absolute_segment_ids",
+            "segment term from the key's absolute segment id, not same/different",
+            "segments_padding",
+            "seg_diff",
+            lambda m: mock.patch.object(model_module, "segment_difference", _absolute_segments),
+        ),
+        Mutant(
+            "tanh_gelu",
+            "tanh-approximate GELU (the original TF code's) instead of the exact erf GELU",
+            "one_stream",
+            "layer0.content_ff_out",
+            _tanh_gelu,
+        ),
+        Mutant(
+            "loss_mask_no_effect",
+            "the loss mask multiplied onto an already averaged loss (padding targets count)",
+            "two_stream",
+            "loss",
+            lambda m: mock.patch.object(permutation, "plm_loss", _loss_mask_on_averaged_loss),
+        ),
+        Mutant(
+            "bi_data_ignored",
+            "bi_data silently off: the second half of the batch is not read backwards",
+            "bi_data",
+            "pos_emb",
+            lambda m: mock.patch.object(model_module, "relative_positional_encoding", _bi_data_always_off),
+        ),
+        Mutant(
+            "bi_data_odd_batch_runs",
+            "bi_data silently off for an odd batch instead of refusing it",
+            "bi_data_odd_batch",
+            "input_check",
+            lambda m: _patch_backbone_forward(m, _bi_data_off_for_odd_batch),
+        ),
+        Mutant(
+            "memory_needs_mem_len",
+            "memory used only when config.mem_len > 0, not whenever mems are given",
+            "memory_given_mem_len_0",
+            "pos_emb",
+            lambda m: _patch_backbone_forward(m, _memory_only_with_mem_len),
+        ),
+        Mutant(
+            "float16_mask_1e30",
+            "masking by subtracting 1e30 in float16 (becomes inf: -inf scores, nan rows)",
+            "float16_padding",
+            "layer0.content.score",
+            lambda m: mock.patch.object(attention, "mask_value", lambda dtype: 1e30),
+        ),
+        Mutant(
+            "gelu_wrong_backward",
+            "a hand-written GELU whose backward drops the x phi(x) term (forward exact)",
+            "gradients",
+            "grad.transformer.layer.1.ff.layer_1.weight",
+            _gelu_wrong_backward,
+        ),
+    ]
+}
 
 
 def mutant_adapter(name: str) -> Callable:

@@ -88,19 +88,22 @@ class StageRecorder:
         def hook(module, args):
             self._stack.append(name)
             self.inputs.setdefault(name, []).append(args)
+
         return hook
 
     def _post(self, name):
         def hook(module, args, output):
             self._stack.pop()
             self.outputs.setdefault(name, []).append(output)
+
         return hook
 
     def output(self, module: str, call: int = 0):
         """The output of the ``call``-th run of a module (by its name in ``model.named_modules()``)."""
         if module not in self.outputs:
-            raise ValueError(f"module: expected one of the modules that ran, e.g. {list(self.outputs)[:4]}, "
-                             f"got {module!r}")
+            raise ValueError(
+                f"module: expected one of the modules that ran, e.g. {list(self.outputs)[:4]}, got {module!r}"
+            )
         return self.outputs[module][call]
 
     def input(self, module: str, call: int = 0, arg: int = 0):
@@ -113,12 +116,16 @@ class StageRecorder:
         """Outputs of the calls made directly inside ``module`` (not in its submodules), in order.
         op: "einsum:<equation>" (spaces ignored), "einsum" (any equation), "matmul" or "softmax"."""
         op = op.replace(" ", "")
-        return [c.output for c in self.recorded
-                if c.module == module and (c.op == op or (op == "einsum" and c.op.startswith("einsum:")))]
+        return [
+            c.output
+            for c in self.recorded
+            if c.module == module and (c.op == op or (op == "einsum" and c.op.startswith("einsum:")))
+        ]
 
 
-def gradient_stages(loss: torch.Tensor, parameters: dict[str, torch.Tensor], *,
-                    word_emb: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def gradient_stages(
+    loss: torch.Tensor, parameters: dict[str, torch.Tensor], *, word_emb: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     r"""The ``grad.*`` stages: ``grad.<name>`` = :math:`\partial \mathcal{L} / \partial \theta` for each named
     parameter (use transformers' XLNetLMHeadModel names) and ``grad.word_emb`` =
     :math:`\partial \mathcal{L} / \partial h^{(0)}` for the word embeddings' output (as laid out in your

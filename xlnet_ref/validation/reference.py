@@ -105,8 +105,9 @@ def reference_gradients(model: XLNetLMHeadModel, stages: dict[str, torch.Tensor]
     params = {f"transformer.{k}": p for k, p in backbone.named_parameters()}
     params["lm_loss.bias"] = model.lm_loss.bias
     tensors = [stages["word_emb"], *params.values()]
-    grads = dict(zip(["word_emb", *params], torch.autograd.grad(stages["loss"], tensors, retain_graph=True,
-                                                                allow_unused=True)))
+    grads = dict(
+        zip(["word_emb", *params], torch.autograd.grad(stages["loss"], tensors, retain_graph=True, allow_unused=True))
+    )
     out = {GRAD + "word_emb": grads.pop("word_emb")}
     for name, g in grads.items():
         g = torch.zeros_like(params[name]) if g is None else g

@@ -50,16 +50,21 @@ SCORE_TERMS = ("ac", "bd_raw", "bd", "ef", "score", "prob")
 # gradient stages: "grad." + transformers' XLNetLMHeadModel parameter name (or word_emb, the embeddings' output)
 GRAD = "grad."
 PARAMETERS = {  # name suffix -> (layout, what it is)
-    "rel_attn.q": ("m n d", "W_q"), "rel_attn.k": ("m n d", "W_k"), "rel_attn.v": ("m n d", "W_v"),
-    "rel_attn.o": ("m n d", "W_o (output projection)"), "rel_attn.r": ("m n d", "W_r (positional keys)"),
+    "rel_attn.q": ("m n d", "W_q"),
+    "rel_attn.k": ("m n d", "W_k"),
+    "rel_attn.v": ("m n d", "W_v"),
+    "rel_attn.o": ("m n d", "W_o (output projection)"),
+    "rel_attn.r": ("m n d", "W_r (positional keys)"),
     "rel_attn.r_w_bias": ("n d", "u (r_w_bias, content bias)"),
     "rel_attn.r_r_bias": ("n d", "v (r_r_bias, position bias)"),
     "rel_attn.r_s_bias": ("n d", "b (r_s_bias, segment bias)"),
     "rel_attn.seg_embed": ("s n d", "s_+ / s_- (seg_embed)"),
     "rel_attn.layer_norm.weight": ("m", "the attention LayerNorm's scale"),
     "rel_attn.layer_norm.bias": ("m", "the attention LayerNorm's shift"),
-    "ff.layer_1.weight": ("f m", "the feed-forward's W_1"), "ff.layer_1.bias": ("f", "the feed-forward's b_1"),
-    "ff.layer_2.weight": ("m f", "the feed-forward's W_2"), "ff.layer_2.bias": ("m", "the feed-forward's b_2"),
+    "ff.layer_1.weight": ("f m", "the feed-forward's W_1"),
+    "ff.layer_1.bias": ("f", "the feed-forward's b_1"),
+    "ff.layer_2.weight": ("m f", "the feed-forward's W_2"),
+    "ff.layer_2.bias": ("m", "the feed-forward's b_2"),
     "ff.layer_norm.weight": ("m", "the feed-forward LayerNorm's scale"),
     "ff.layer_norm.bias": ("m", "the feed-forward LayerNorm's shift"),
     "transformer.word_embedding.weight": ("V m", "the word embedding E (tied to the LM head)"),
@@ -70,9 +75,22 @@ PARAMETERS = {  # name suffix -> (layout, what it is)
 PARAMETER = re.compile(r"transformer\.layer\.(\d+)\.(.+)$")
 # the order of a backward pass: output side first, so the first failing gradient is nearest the bug
 LAYER_PARAMETERS_BACKWARD = (
-    "ff.layer_norm.weight", "ff.layer_norm.bias", "ff.layer_2.weight", "ff.layer_2.bias", "ff.layer_1.weight",
-    "ff.layer_1.bias", "rel_attn.layer_norm.weight", "rel_attn.layer_norm.bias", "rel_attn.o", "rel_attn.q",
-    "rel_attn.k", "rel_attn.v", "rel_attn.r", "rel_attn.r_w_bias", "rel_attn.r_r_bias", "rel_attn.r_s_bias",
+    "ff.layer_norm.weight",
+    "ff.layer_norm.bias",
+    "ff.layer_2.weight",
+    "ff.layer_2.bias",
+    "ff.layer_1.weight",
+    "ff.layer_1.bias",
+    "rel_attn.layer_norm.weight",
+    "rel_attn.layer_norm.bias",
+    "rel_attn.o",
+    "rel_attn.q",
+    "rel_attn.k",
+    "rel_attn.v",
+    "rel_attn.r",
+    "rel_attn.r_w_bias",
+    "rel_attn.r_r_bias",
+    "rel_attn.r_s_bias",
     "rel_attn.seg_embed",
 )
 
@@ -96,7 +114,7 @@ def _parameter(name: str) -> tuple[int | None, str] | None:
     """'grad.transformer.layer.0.rel_attn.q' -> (0, 'rel_attn.q'); 'grad.lm_loss.bias' -> (None, 'lm_loss.bias')."""
     if not name.startswith(GRAD):
         return None
-    rest = name[len(GRAD):]
+    rest = name[len(GRAD) :]
     m = PARAMETER.match(rest)
     if m and m.group(2) in PARAMETERS:
         return int(m.group(1)), m.group(2)
@@ -110,8 +128,19 @@ def is_known_stage(name: str) -> bool:
     layer, stream, base = split_stage(name)
     if base not in STAGES or base in ("input_check", "run", "unknown"):
         return False
-    per_layer = base in ("new_mem", "new_mem_grad", "q_h", "k_h", "v_h", "k_r", "q_g", "content_attn_out",
-                         "query_attn_out", "content_ff_out", "query_ff_out")
+    per_layer = base in (
+        "new_mem",
+        "new_mem_grad",
+        "q_h",
+        "k_h",
+        "v_h",
+        "k_r",
+        "q_g",
+        "content_attn_out",
+        "query_attn_out",
+        "content_ff_out",
+        "query_ff_out",
+    )
     if base in SCORE_TERMS:
         return layer is not None and stream is not None
     return (layer is not None and stream is None) if per_layer else layer is None

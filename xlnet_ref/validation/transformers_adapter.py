@@ -46,10 +46,25 @@ def _instrument_hf_layer(layer) -> dict:
 
     def rel_attn_core(q_head, k_head_h, v_head_h, k_head_r, seg_mat=None, attn_mask=None, output_attentions=False):
         start, n_shift = len(rec["mode"].calls), len(rec["shift"])
-        out = orig_core(q_head, k_head_h, v_head_h, k_head_r, seg_mat=seg_mat, attn_mask=attn_mask,
-                        output_attentions=output_attentions)
-        rec["core"].append(dict(q=q_head, k_h=k_head_h, v_h=v_head_h, k_r=k_head_r,
-                                calls=rec["mode"].calls[start:], shift=rec["shift"][n_shift:]))
+        out = orig_core(
+            q_head,
+            k_head_h,
+            v_head_h,
+            k_head_r,
+            seg_mat=seg_mat,
+            attn_mask=attn_mask,
+            output_attentions=output_attentions,
+        )
+        rec["core"].append(
+            dict(
+                q=q_head,
+                k_h=k_head_h,
+                v_h=v_head_h,
+                k_r=k_head_r,
+                calls=rec["mode"].calls[start:],
+                shift=rec["shift"][n_shift:],
+            )
+        )
         return out
 
     def rel_shift_bnij(x, klen=-1):
@@ -73,8 +88,10 @@ def _hf_scores(core: dict) -> dict[str, torch.Tensor]:
     pair = [out for eq, _, out in core["calls"] if eq == "ibnd,jbnd->bnij"]  # ac first, then bd before the shift
     softmax = [c for c in core["calls"] if c[0] == "softmax"]
     if len(pair) != 2 or len(core["shift"]) != 1 or len(softmax) != 1:
-        raise RuntimeError("hf_adapter: transformers' XLNetRelativeAttention.rel_attn_core no longer computes its "
-                           "scores as written for transformers 5.x; update the hooks in xlnet_ref/validation/transformers_adapter.py")
+        raise RuntimeError(
+            "hf_adapter: transformers' XLNetRelativeAttention.rel_attn_core no longer computes its "
+            "scores as written for transformers 5.x; update the hooks in xlnet_ref/validation/transformers_adapter.py"
+        )
     terms = {"ac": pair[0], "bd_raw": pair[1], "bd": core["shift"][0][1]}
     ef = [out for eq, _, out in core["calls"] if eq == "ijbs,ibns->bnij"]
     if ef:
@@ -140,12 +157,14 @@ def hf_adapter(case: Case) -> dict:
         if out.mems is not None:
             stages[pre + "new_mem"] = out.mems[layer].transpose(0, 1)
         content = rec["core"][0]
-        stages.update({
-            pre + "q_h": content["q"].transpose(0, 1),
-            pre + "k_h": content["k_h"].transpose(0, 1),
-            pre + "v_h": content["v_h"].transpose(0, 1),
-            pre + "k_r": content["k_r"].transpose(0, 1),
-        })
+        stages.update(
+            {
+                pre + "q_h": content["q"].transpose(0, 1),
+                pre + "k_h": content["k_h"].transpose(0, 1),
+                pre + "v_h": content["v_h"].transpose(0, 1),
+                pre + "k_r": content["k_r"].transpose(0, 1),
+            }
+        )
         stages.update({pre + "content." + k: v for k, v in _hf_scores(content).items()})
         stages[pre + "content_attn_out"] = rec["post"][0].transpose(0, 1)
         if len(rec["core"]) > 1:  # two streams: the second call is the query stream

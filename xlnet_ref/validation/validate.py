@@ -20,8 +20,8 @@ Judging a case:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -46,14 +46,34 @@ def _numpy(x) -> np.ndarray | None:
     return np.asarray(x)
 
 
-def compare_stage(name: str, expected, actual, *, rtol: float, atol: float, huge: float, valid_rows=None,
-                  skip=None, two_stream: bool | None = None, length_first: bool = False) -> StageResult:
+def compare_stage(
+    name: str,
+    expected,
+    actual,
+    *,
+    rtol: float,
+    atol: float,
+    huge: float,
+    valid_rows=None,
+    skip=None,
+    two_stream: bool | None = None,
+    length_first: bool = False,
+) -> StageResult:
     """One stage (torch or numpy on either side), by the rule of compare.py, with the stage's layout."""
     if two_stream is None and name == "logits":
         two_stream = valid_rows is not None
-    return _compare_arrays(name, _numpy(expected), _numpy(actual), rtol=rtol, atol=atol, huge=huge,
-                           valid_rows=_numpy(valid_rows), skip=_numpy(skip), layout=stage_layout(name, two_stream=two_stream),
-                           length_first=length_first)
+    return _compare_arrays(
+        name,
+        _numpy(expected),
+        _numpy(actual),
+        rtol=rtol,
+        atol=atol,
+        huge=huge,
+        valid_rows=_numpy(valid_rows),
+        skip=_numpy(skip),
+        layout=stage_layout(name, two_stream=two_stream),
+        length_first=length_first,
+    )
 
 
 @dataclass
@@ -82,12 +102,20 @@ def _judge_refusal(case: Case, run: AdapterRun) -> CaseResult:
     if run.refusal is not None:
         return CaseResult(case, [StageResult("input_check", "pass", note=run.refusal[:120])])
     if run.error is not None:
-        note = (f"crashed instead of refusing: {type(run.error).__name__}: {str(run.error)[:150]} (refuse with "
-                f"ValueError/TypeError or return {{'{REFUSED}': why}})")
+        note = (
+            f"crashed instead of refusing: {type(run.error).__name__}: {str(run.error)[:150]} (refuse with "
+            f"ValueError/TypeError or return {{'{REFUSED}': why}})"
+        )
         return CaseResult(case, [StageResult("input_check", "FAIL", note=note)], traceback=run.traceback)
-    return CaseResult(case, [StageResult(
-        "input_check", "FAIL", note=f"returned results; the reference refuses it ({case.expect_error[:100]})")],
-        run.outputs)
+    return CaseResult(
+        case,
+        [
+            StageResult(
+                "input_check", "FAIL", note=f"returned results; the reference refuses it ({case.expect_error[:100]})"
+            )
+        ],
+        run.outputs,
+    )
 
 
 def validate_case(case: Case, adapter: Callable, *, length_first: bool = False) -> CaseResult:
@@ -97,8 +125,10 @@ def validate_case(case: Case, adapter: Callable, *, length_first: bool = False) 
     if case.expect_error is not None:
         return _judge_refusal(case, run)
     if run.refused is not None:
-        return CaseResult(case, [StageResult("input_check", "FAIL",
-                                             note=f"refused an input the reference accepts: {run.refused[:100]}")])
+        return CaseResult(
+            case,
+            [StageResult("input_check", "FAIL", note=f"refused an input the reference accepts: {run.refused[:100]}")],
+        )
     if run.error is not None:
         note = f"{type(run.error).__name__}: {str(run.error)[:200]}"
         return CaseResult(case, [StageResult("run", "FAIL", note=note)], traceback=run.traceback)
@@ -112,18 +142,31 @@ def validate_case(case: Case, adapter: Callable, *, length_first: bool = False) 
         if name in run.not_measurable:
             results.append(StageResult(name, "not measurable", list(expected.shape), note=run.not_measurable[name]))
             continue
-        result = compare_stage(name, expected, run.outputs.get(name), rtol=tol["rtol"], atol=tol["atol"],
-                               huge=huge, valid_rows=valid_rows, skip=hidden_keys(name, golden, huge),
-                               two_stream=tm is not None,
-                               length_first=length_first and not name.endswith("new_mem_grad"))  # ours: batch-first
+        result = compare_stage(
+            name,
+            expected,
+            run.outputs.get(name),
+            rtol=tol["rtol"],
+            atol=tol["atol"],
+            huge=huge,
+            valid_rows=valid_rows,
+            skip=hidden_keys(name, golden, huge),
+            two_stream=tm is not None,
+            length_first=length_first and not name.endswith("new_mem_grad"),
+        )  # ours: batch-first
         if name == "logits" and result.status == "not provided":
             result.status, result.note = "FAIL", "the adapter must return 'logits'"
         results.append(result)
     for name in run.outputs:
         if name not in case.expected and not is_known_stage(name):
             close = closest_stage(name, case.expected)
-            results.append(StageResult(name, "FAIL", note="unknown stage name"
-                                       + (f" (did you mean {close!r}?)" if close else "; see docs/validate.md")))
+            results.append(
+                StageResult(
+                    name,
+                    "FAIL",
+                    note="unknown stage name" + (f" (did you mean {close!r}?)" if close else "; see docs/validate.md"),
+                )
+            )
     return CaseResult(case, results, run.outputs)
 
 
@@ -167,12 +210,16 @@ def format_case(result: CaseResult, *, brief: bool = False, show_traceback: bool
         lines.append("  " + header)
     for s in shown:
         shape = "-" if s.shape is None else str(s.shape).replace(" ", "")
-        lines.append(f"  {s.stage:<{width}} {shape:<16} {_num(s.max_abs):>11} {_num(s.max_rel):>11}  {s.status:<14} "
-                     f"{_description(s.stage)}{_detail(s)}")
+        lines.append(
+            f"  {s.stage:<{width}} {shape:<16} {_num(s.max_abs):>11} {_num(s.max_rel):>11}  {s.status:<14} "
+            f"{_description(s.stage)}{_detail(s)}"
+        )
     if show_traceback and result.traceback:
         lines += ["  adapter traceback:"] + ["    " + x for x in result.traceback.rstrip().splitlines()]
-    counts = {status: sum(s.status == status for s in result.stages)
-              for status in ("pass", "FAIL", "not provided", "not measurable")}
+    counts = {
+        status: sum(s.status == status for s in result.stages)
+        for status in ("pass", "FAIL", "not provided", "not measurable")
+    }
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     first = result.first_failure
     verdict = "PASS" if first is None else f"FAIL at {first.stage} — {_description(first.stage)}"
@@ -184,29 +231,32 @@ def _names(stages: list[str], limit: int = 8) -> str:
     return ", ".join(stages[:limit]) + (f", ... ({len(stages) - limit} more)" if len(stages) > limit else "")
 
 
-def format_report(results: list[CaseResult], *, against: str, brief: bool = False,
-                  show_traceback: bool = False) -> str:
+def format_report(results: list[CaseResult], *, against: str, brief: bool = False, show_traceback: bool = False) -> str:
     blocks = [f"xlnet_ref.validate: {against} against the reference, {len(results)} case(s)\n"]
     blocks += [format_case(r, brief=brief, show_traceback=show_traceback) + "\n" for r in results]
     departure = first_departure(results)
     if departure is None:
         stages = [s for r in results for s in r.stages]
         passed = sum(s.status == "pass" for s in stages)
-        blocks.append(f"ALL PASS: {passed} stages compared in {len(results)} cases"
-                      + (f" ({len(stages) - passed} not provided or not measurable)." if passed < len(stages) else "."))
+        blocks.append(
+            f"ALL PASS: {passed} stages compared in {len(results)} cases"
+            + (f" ({len(stages) - passed} not provided or not measurable)." if passed < len(stages) else ".")
+        )
         return "\n".join(blocks)
     r, s = departure
     failing = [x.case.name for x in results if not x.passed]
-    lines = [f"FAILED ({len(failing)} of {len(results)} cases: {', '.join(failing)}).",
-             f"First departure from the reference: case '{r.case.name}', stage '{s.stage}'",
-             f"  = {_description(s.stage)}{_detail(s)}"]
+    lines = [
+        f"FAILED ({len(failing)} of {len(results)} cases: {', '.join(failing)}).",
+        f"First departure from the reference: case '{r.case.name}', stage '{s.stage}'",
+        f"  = {_description(s.stage)}{_detail(s)}",
+    ]
     index = r.stages.index(s)
     before = [x.stage for x in r.stages[:index] if x.status == "not provided"]
     if before:
         lines.append(f"  ({len(before)} earlier stages not provided by the adapter; return them to narrow this down)")
     # so that one bug does not hide another: what still agrees after it, and where the other cases depart
-    later_pass = [x.stage for x in r.stages[index + 1:] if x.status == "pass"]
-    later_fail = [x.stage for x in r.stages[index + 1:] if x.failed]
+    later_pass = [x.stage for x in r.stages[index + 1 :] if x.status == "pass"]
+    later_fail = [x.stage for x in r.stages[index + 1 :] if x.failed]
     if later_pass:
         lines.append(f"  Later stages of this case that still agree ({len(later_pass)}): {_names(later_pass)}")
     if later_fail:
@@ -232,13 +282,16 @@ def check_reproduction(directory=DEFAULT_DIR, *, out=print) -> int:
     count, none of which the files can record well enough to promise equal bits on another machine.
     """
     cases = read_cases(directory)
-    out("promise checked: every stage within its case's tolerances (bit-for-bit equality is not promised "
-        "across machines)")
+    out(
+        "promise checked: every stage within its case's tolerances (bit-for-bit equality is not promised "
+        "across machines)"
+    )
     status, exact_cases, compared = 0, 0, 0
     for case in cases:
         result = validate_case(case, reference_adapter)
         exact = result.outputs is not None and all(
-            torch.equal(result.outputs[k], v) for k, v in case.expected.items() if k in result.outputs)
+            torch.equal(result.outputs[k], v) for k, v in case.expected.items() if k in result.outputs
+        )
         worst = max((s.max_rel or 0.0 for s in result.stages if s.max_rel is not None), default=0.0)
         tol = f"rtol {case.tolerances['rtol']:g}, atol {case.tolerances['atol']:g}"
         if not result.passed:
@@ -249,13 +302,14 @@ def check_reproduction(directory=DEFAULT_DIR, *, out=print) -> int:
         else:
             compared += 1
             exact_cases += exact
-            verdict = (f"within tolerance ({tol}; max rel err {worst:.1e}"
-                       + ("; bit for bit here)" if exact else ")"))
+            verdict = f"within tolerance ({tol}; max rel err {worst:.1e}" + ("; bit for bit here)" if exact else ")")
         out(f"{case.name:<24} {verdict}")
         if not result.passed:
             out(format_case(result, brief=True))
     refusals = sum(1 for c in cases if c.expect_error is not None)
-    out(f"{'FAILED' if status else 'OK'}: {compared} of {len(cases) - refusals} cases within tolerance, "
+    out(
+        f"{'FAILED' if status else 'OK'}: {compared} of {len(cases) - refusals} cases within tolerance, "
         f"{refusals} refusal case(s); {exact_cases} of {compared} also bit for bit on this machine "
-        "(information, not checked)")
+        "(information, not checked)"
+    )
     return status
