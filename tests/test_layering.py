@@ -23,6 +23,7 @@ FORBIDDEN_IN_CORE = {
     "is_compiling": r"is_compiling",
     "an implementation switch": r"\.implementation\b|\bimplementation\s*[=!]=",
     "a *_fast / fast_* name": r"\w_fast\b|\bfast_\w",
+    "a trace argument": r"\btrace\s*[=:]|\btrace\[|\btrace\.update",  # stages are recorded by hooks instead
 }
 
 
@@ -94,6 +95,7 @@ def test_the_checks_fail_on_planted_violations():
     ]
     assert forbidden_tokens(model, "fast = cfg.implementation == 'fast'\n") == ["an implementation switch"]
     assert forbidden_tokens(model, "h = feed_forward_fast(ff, h)\n") == ["a *_fast / fast_* name"]
+    assert forbidden_tokens(model, "def forward(self, x, trace=None):\n    trace.update(h=x)\n") == ["a trace argument"]
 
 
 def test_the_rules_have_something_to_check():

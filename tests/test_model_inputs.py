@@ -5,6 +5,8 @@ import pytest
 import torch
 from helpers import SMALL, random_lm
 
+from xlnet_ref.validation.reference import reference_stages
+
 B, T = 2, 5
 
 
@@ -61,15 +63,14 @@ def test_float16_fully_masked_row_stays_finite_at_large_weight_scales(std):
     perm_mask = torch.zeros(B, T, T)
     perm_mask[:, 2, :] = 1  # position 2 may see no key (the content stream still sees itself)
     target_mapping = torch.eye(T).expand(B, T, T)
-    trace = {}
-    logits = model(ids, perm_mask=perm_mask, target_mapping=target_mapping, trace=trace).logits
-    assert torch.isfinite(logits).all()
+    inputs = dict(input_ids=ids, perm_mask=perm_mask, target_mapping=target_mapping)
+    trace = reference_stages(model, inputs)  # every stage, recorded by hooks
+    assert torch.isfinite(trace["logits"]).all()
     # the fully masked row is uniform over the keys, as in float32
     prob = trace["layer1.query.prob"][:, :, 2].float()
     torch.testing.assert_close(prob, torch.full_like(prob, 1 / T), rtol=0, atol=1e-3)
     # and the rows that do see something match the float32 model's attention (a half-precision tolerance)
-    ref_trace = {}
-    model.float()(ids, perm_mask=perm_mask, target_mapping=target_mapping, trace=ref_trace)
+    ref_trace = reference_stages(model.float(), inputs)
     seen = [0, 1, 3, 4]
     torch.testing.assert_close(
         trace["layer0.query.prob"][:, :, seen].float(), ref_trace["layer0.query.prob"][:, :, seen], rtol=0, atol=2e-2

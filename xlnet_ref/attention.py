@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from .masks import mask_value
-from .relative_position import rel_shift
+from .relative_position import rel_shift, rel_shift_at
 from .segments import segment_term
 
 
@@ -87,27 +87,18 @@ class RelativeAttention(nn.Module):
         seg_diff: torch.Tensor | None,
         query_pos: torch.Tensor | None,
         qlen: int,
-        trace: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """The three score terms, unscaled: ac, bd (after the shift) and ef, each [b, n, i, j].
 
         query_pos None: the queries are the qlen positions in order (content stream) and bd is moved
         into place with rel_shift. Otherwise query_pos [b, i] gives each query's position (query stream
-        at its prediction targets) and bd is gathered at column j + qlen - pos directly, which is what
-        rel_shift computes row by row. Keys the causal mask hides may fall past the table's end
-        in 'uni'; they are clamped (their score is masked anyway).
+        at its prediction targets) and bd is moved with rel_shift_at, which picks, for each query, the
+        row rel_shift would have given the query at that position.
         """
         klen = k_h.shape[1]
         ac = torch.einsum("bind,bjnd->bnij", q + r_w_bias, k_h)  # (a) + (c)
         bd = position_term(q + r_r_bias, k_r)  # (b) + (d), indexed by distance: [b, n, i, r]
-        if trace is not None:
-            trace["bd_raw"] = bd  # before the shift (validate.py compares it stage by stage)
-        if query_pos is None:
-            bd = rel_shift(bd, klen)
-        else:
-            j = torch.arange(klen, device=q.device)
-            col = (j[None, None, :] + qlen - query_pos[:, :, None]).clamp(max=bd.shape[-1] - 1)  # [b, i, j]
-            bd = bd.gather(3, col[:, None].expand(-1, bd.shape[1], -1, -1))
+        bd = rel_shift(bd, klen) if query_pos is None else rel_shift_at(bd, klen, qlen, query_pos)
         terms = {"ac": ac, "bd": bd}
         if seg_diff is not None:
             terms["ef"] = segment_term(q, r_s_bias, self.seg_embed, seg_diff)  # segment term
@@ -121,19 +112,16 @@ class RelativeAttention(nn.Module):
         k_r: torch.Tensor,
         *,
         mask: torch.Tensor | None,
-        trace: dict | None = None,
         **score_kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax((ac + bd + ef) / sqrt(d), with masked scores set to -1e30) @ V
         ->  (attn_vec [b, i, n, d], prob [b, n, i, j])."""
-        terms = self.scores(q, k_h, k_r, trace=trace, **score_kwargs)
+        terms = self.scores(q, k_h, k_r, **score_kwargs)
         score = sum(terms.values()) * self.scale  # [b, n, i, j]
         if mask is not None:
             # set, not subtract: score - 65500 overflows to -inf in float16 (see the module docstring)
             score = score.masked_fill(mask[:, None].bool(), score.new_tensor(-mask_value(score.dtype)))
         prob = torch.softmax(score, dim=-1)
-        if trace is not None:
-            trace.update(terms, score=score, prob=prob)
         prob = self.dropout(prob)
         attn_vec = torch.einsum("bnij,bjnd->bind", prob, v_h)
         return attn_vec, prob

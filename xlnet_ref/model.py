@@ -63,14 +63,10 @@ class XLNetLayer(nn.Module):
         self.rel_attn = RelativeAttention(config)
         self.ff = PositionwiseFF(config)
 
-    def forward(self, h, g, *, mem, k_r, trace=None, **attn_kwargs):
-        h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, trace=trace, **attn_kwargs)
+    def forward(self, h, g, *, mem, k_r, **attn_kwargs):
+        h, g, prob_h, prob_g = two_stream_attention(self.rel_attn, h, g, mem, k_r, **attn_kwargs)
         h = self.ff(h)
         g = self.ff(g) if g is not None else None
-        if trace is not None:
-            trace.update(content_ff_out=h)
-            if g is not None:
-                trace.update(query_ff_out=g)
         return h, g, prob_h, prob_g
 
 
@@ -119,13 +115,12 @@ class XLNetModel(nn.Module):
         mems: list[torch.Tensor] | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        trace: dict | None = None,
     ) -> XLNetOutput:
         """input_ids [b, i]; token_type_ids [b, i]; attention_mask [b, i] (1 = real token) or input_mask
         [b, i] (1 = padding); perm_mask [b, i, j] (1 = i may NOT attend to j); target_mapping [b, k, j]
         (one-hot rows: the k-th prediction is at position j; zero rows = padding targets); mems: n_layer
-        tensors [b, mlen, m] in the model's dtype, on its device. trace: a dict to fill with every
-        intermediate stage (validate.py).
+        tensors [b, mlen, m] in the model's dtype, on its device. (Every intermediate stage can be
+        recorded without changing this code: ``xlnet_ref.validation.reference.reference_stages``.)
 
         input_ids must be torch.long (or int32). Every tensor must be on the model's device.
 
@@ -182,15 +177,6 @@ class XLNetModel(nn.Module):
         ).to(dtype)  # [p, r, m]
         pos_emb = self.dropout(pos_emb)
 
-        if trace is not None:
-            trace.update(
-                word_emb=h,
-                pos_emb=pos_emb,
-                attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask,
-                seg_diff=seg_diff,
-                target_pos=target_pos,
-            )
         new_mems = [] if cfg.mem_len else None
         attentions = [] if output_attentions else None
         hidden_states = [] if output_hidden_states else None
@@ -200,7 +186,6 @@ class XLNetModel(nn.Module):
                 new_mems.append(cache_mem(h, mem, mem_len=cfg.mem_len, reuse_len=cfg.reuse_len))
             if hidden_states is not None:
                 hidden_states.append(h if g is None else (h, g))
-            layer_trace = {} if trace is not None else None
             # W_{k,R} R is the same for every batch row of a half: project it once per layer
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
             h, g, prob_h, prob_g = layer(
@@ -208,7 +193,6 @@ class XLNetModel(nn.Module):
                 g,
                 mem=mem,
                 k_r=k_r,
-                trace=layer_trace,
                 seg_diff=seg_diff,
                 attn_mask=attn_mask,
                 non_tgt_mask=non_tgt_mask,
@@ -216,11 +200,6 @@ class XLNetModel(nn.Module):
                 target_valid=target_valid,
                 **self.layer_biases(layer_index),
             )
-            if trace is not None:
-                trace.update({f"layer{layer_index}.{k}": v for k, v in layer_trace.items()})
-                trace[f"layer{layer_index}.k_r"] = k_r
-                if new_mems is not None:
-                    trace[f"layer{layer_index}.new_mem"] = new_mems[-1]
             if attentions is not None:
                 attentions.append(prob_h if g is None else (prob_h, prob_g))
         if hidden_states is not None:

@@ -101,6 +101,19 @@ def rel_shift(bd: torch.Tensor, klen: int) -> torch.Tensor:
     return x[..., :klen]
 
 
+def rel_shift_at(bd: torch.Tensor, klen: int, qlen: int, query_pos: torch.Tensor) -> torch.Tensor:
+    """:func:`rel_shift` for queries at given positions (the query stream at its targets).
+
+    bd: [b, n, k, rlen] position scores of k queries, query_pos: [b, k] the position of each (0 ..
+    qlen - 1)  ->  [b, n, k, klen] with out[b, n, k, j] = bd[b, n, k, j + qlen - query_pos[b, k]]: the
+    column rel_shift reads for a query at that position. Keys the causal mask hides may fall past the
+    table's end in 'uni'; they are clamped (their score is masked anyway).
+    """
+    j = torch.arange(klen, device=bd.device)
+    col = (j[None, None, :] + qlen - query_pos[:, :, None]).clamp(max=bd.shape[-1] - 1)  # [b, k, j]
+    return bd.gather(3, col[:, None].expand(-1, bd.shape[1], -1, -1))
+
+
 def rel_shift_naive(bd: torch.Tensor, klen: int) -> torch.Tensor:
     """The slow twin of :func:`rel_shift`, written from the closed form with explicit indices.
 

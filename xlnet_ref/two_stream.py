@@ -60,7 +60,6 @@ def two_stream_attention(
     non_tgt_mask: torch.Tensor | None,
     target_pos: torch.Tensor | None,
     target_valid: torch.Tensor | None,
-    trace: dict | None = None,
 ):
     """One attention block for the content stream h [b, i, m] and, if given, the query stream g [b, k, m].
 
@@ -72,14 +71,10 @@ def two_stream_attention(
     k_h = attn.project(cat, attn.k)  # shared by both streams
     v_h = attn.project(cat, attn.v)
     biases = dict(r_w_bias=r_w_bias, r_r_bias=r_r_bias, r_s_bias=r_s_bias, qlen=qlen)
-    t_h = {} if trace is not None else None
-    t_g = {} if trace is not None else None
 
     # content stream: h_i sees keys z_{<=t}, itself included (non_tgt_mask)
     q_h = attn.project(h, attn.q)
-    vec_h, prob_h = attn.attend(
-        q_h, k_h, v_h, k_r, mask=non_tgt_mask, seg_diff=seg_diff, query_pos=None, trace=t_h, **biases
-    )
+    vec_h, prob_h = attn.attend(q_h, k_h, v_h, k_r, mask=non_tgt_mask, seg_diff=seg_diff, query_pos=None, **biases)
     h_out = attn.post_attention(h, vec_h)
 
     g_out = prob_g = None
@@ -94,18 +89,10 @@ def two_stream_attention(
             mask=rows_at(attn_mask, target_pos),
             seg_diff=rows_at(seg_diff, target_pos),
             query_pos=target_pos,
-            trace=t_g,
             **biases,
         )
         vec_g = vec_g * target_valid[:, :, None, None].to(vec_g.dtype)  # padding targets get no attention
         g_out = attn.post_attention(g, vec_g)
-
-    if trace is not None:
-        trace.update({f"content.{k}": v for k, v in t_h.items()})
-        trace.update({f"query.{k}": v for k, v in t_g.items()})
-        trace.update(q_h=q_h, k_h=k_h, v_h=v_h, content_attn_out=h_out)
-        if g is not None:
-            trace.update(q_g=q_g, query_attn_out=g_out)
     return h_out, g_out, prob_h, prob_g
 
 

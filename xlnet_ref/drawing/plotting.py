@@ -427,7 +427,7 @@ def plot_stage_errors(runs: dict[str, dict[str, float]], *, tol: float, floor: f
     stream its own line: the content stream h and the query stream g are interleaved in the forward
     order, so one line through all stages would zig-zag between two different computations.
 
-    runs: label -> {stage name: relative error} (xlnet_ref's trace names, e.g. 'layer0.content.bd',
+    runs: label -> {stage name: relative error} (xlnet_ref's stage names, e.g. 'layer0.content.bd',
     'layer0.query_ff_out', 'layer0.k_h'). The x axis has one slot per (layer, stage kind), shared by
     both streams; stages of neither stream (embeddings, masks, keys and values, memory, logits) are
     grey squares. Ticks name the stage kinds, with the layer written under each group. Zero errors

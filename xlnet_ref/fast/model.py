@@ -13,8 +13,8 @@ round-off (tests/test_fast_path.py: outputs, memories, losses and gradients for 
   dense [V, m] zero-filled matrix and an out-of-place add (~4% of the benchmark's training step at
   V = 32000; benchmarks/RESULTS.md).
 
-No attention probabilities and no trace: a call that asks for them (``output_attentions``, ``trace``)
-runs the readable forward pass instead, with the same weights.
+No attention probabilities: a call that asks for them (``output_attentions``) runs the readable forward
+pass instead, with the same weights.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class XLNetModel(readable.XLNetModel):
         mems=None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
-        trace: dict | None = None,
         content_output: bool = True,
     ) -> readable.XLNetOutput:
         """:meth:`xlnet_ref.model.XLNetModel.forward`'s arguments and outputs, plus ``content_output``."""
@@ -80,13 +79,9 @@ class XLNetModel(readable.XLNetModel):
             target_mapping=target_mapping,
             mems=mems,
         )
-        if output_attentions or trace is not None:  # the readable path's intermediates
+        if output_attentions:  # the readable path's probabilities
             return super().forward(
-                input_ids,
-                **inputs,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                trace=trace,
+                input_ids, **inputs, output_attentions=True, output_hidden_states=output_hidden_states
             )
         cfg = self.config
         dtype = self.word_embedding.weight.dtype

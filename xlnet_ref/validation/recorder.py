@@ -1,24 +1,33 @@
 r"""A stage recorder for PyTorch ports: capture a model's intermediate tensors without editing its code.
 
 An adapter for ``python -m xlnet_ref.validate`` returns named stages (``layer0.q_h``,
-``layer0.content.bd``, ...). In a PyTorch implementation most of them are either a module's output
-or the result of one einsum / matmul / softmax call inside a module. :class:`StageRecorder` records
-both while the model runs, each tagged with the module (its dotted name in ``named_modules``) that
-made it, so that an adapter picks them out in a few lines::
+``layer0.content.bd``, ...). In a PyTorch implementation most of them are either a module's output,
+the result of one einsum / matmul / softmax / layer_norm call inside a module, or what one of its own
+Python functions returns. :class:`StageRecorder` records all three while the model runs, each tagged
+with the module (its dotted name in ``named_modules``) that made it, so that an adapter picks them out
+in a few lines::
 
-    with StageRecorder(model) as rec:
+    with StageRecorder(model, functions=[(my_attention_module, "rel_shift")]) as rec:
         out = model(input_ids, ...)
     word_emb = rec.output("transformer.word_embedding")                 # a module's output
     ac, bd_raw = rec.calls("transformer.layer.0.rel_attn", "einsum:ibnd,jbnd->bnij")[:2]
     prob = rec.calls("transformer.layer.0.rel_attn", "softmax")[0]
+    bd = rec.calls("transformer.layer.0.rel_attn", "call:rel_shift")[0]  # a stage after a reshape trick
 
-and :func:`gradient_stages` turns a loss into the ``grad.*`` stages. Torch only: nothing here knows
-about xlnet_ref's model (examples/my_xlnet_adapter.py uses it on transformers' XLNet).
+``functions``: (namespace, name) pairs, e.g. a module object and the name of a function it calls by
+that global name; while recording, the name is bound to a wrapper that records each call's arguments
+and result (op ``"call:<name>"``) and calls what was bound before. A module's inputs are recorded
+positionally (``rec.input``); each call's ``operands`` are its positional arguments (a softmax's
+operand is its input, the score) and ``stack`` the dotted names of every module running, outermost
+first. :func:`gradient_stages` turns a loss into the ``grad.*`` stages. Torch only: nothing here knows
+about xlnet_ref's model (examples/my_xlnet_adapter.py uses it on transformers' XLNet;
+validation/reference.py on xlnet_ref's own).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,9 +39,11 @@ _SOFTMAX = {torch.softmax, torch.Tensor.softmax, nn.functional.softmax}
 @dataclass
 class Call:
     module: str  # the innermost module running when the call was made ("" for the top model)
-    op: str  # "einsum:<equation>", "matmul" or "softmax"
-    operands: tuple
-    output: torch.Tensor
+    op: str  # "einsum:<equation>", "matmul", "softmax", "layer_norm" or "call:<function name>"
+    operands: tuple  # the positional arguments (an einsum's tensors, without the equation)
+    output: object  # a tensor, or what a recorded function returned
+    stack: tuple = ()  # every module running, outermost first
+    kwargs: dict = field(default_factory=dict)
 
 
 class _CallMode(torch.overrides.TorchFunctionMode):
@@ -50,39 +61,66 @@ class _CallMode(torch.overrides.TorchFunctionMode):
             op = "matmul"
         elif func in _SOFTMAX:
             op = "softmax"
+        elif func is nn.functional.layer_norm:
+            op = "layer_norm"
         if op is not None:
-            stack = self.recorder._stack
-            self.recorder.recorded.append(Call(stack[-1] if stack else "", op, tuple(args), out))
+            self.recorder._record(op, tuple(args), out, kwargs)
         return out
 
 
 class StageRecorder:
     """Context manager: while active, records every call of every submodule of ``model`` (inputs and
-    outputs, in call order) and every einsum / matmul / softmax call (tagged with the innermost module
-    running). Hooks and the function mode are removed on exit; the recorded tensors stay."""
+    outputs, in call order), every einsum / matmul / softmax / layer_norm call and every call of the
+    ``functions`` named (each tagged with the innermost module running). Hooks, wrappers and the function
+    mode are removed on exit; the recorded tensors stay."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, functions=()):
         self.model = model
+        self.functions = list(functions)  # (namespace, attribute name) pairs
         self.inputs: dict[str, list[tuple]] = {}
         self.outputs: dict[str, list] = {}
         self.recorded: list[Call] = []
         self._stack: list[str] = []
         self._handles: list = []
+        self._bound: list = []
         self._mode = None
 
     def __enter__(self) -> StageRecorder:
+        for namespace, name in self.functions:
+            if not callable(getattr(namespace, name, None)):
+                raise ValueError(f"functions: expected a callable {name!r} in {namespace!r}, found none")
         for name, module in self.model.named_modules():
             self._handles.append(module.register_forward_pre_hook(self._pre(name)))
             self._handles.append(module.register_forward_hook(self._post(name)))
+        for namespace, name in self.functions:
+            before = getattr(namespace, name)
+            self._bound.append((namespace, name, before))
+            setattr(namespace, name, self._wrap(name, before))
         self._mode = _CallMode(self)
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
+        for namespace, name, before in reversed(self._bound):
+            setattr(namespace, name, before)
+        self._bound.clear()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _record(self, op: str, args: tuple, out, kwargs=None) -> None:
+        stack = tuple(self._stack)
+        self.recorded.append(Call(stack[-1] if stack else "", op, args, out, stack, dict(kwargs or {})))
+
+    def _wrap(self, name: str, function):
+        @functools.wraps(function)
+        def recording(*args, **kwargs):
+            out = function(*args, **kwargs)
+            self._record(f"call:{name}", args, out, kwargs)
+            return out
+
+        return recording
 
     def _pre(self, name):
         def hook(module, args):
@@ -114,7 +152,8 @@ class StageRecorder:
 
     def calls(self, module: str, op: str) -> list[torch.Tensor]:
         """Outputs of the calls made directly inside ``module`` (not in its submodules), in order.
-        op: "einsum:<equation>" (spaces ignored), "einsum" (any equation), "matmul" or "softmax"."""
+        op: "einsum:<equation>" (spaces ignored), "einsum" (any equation), "matmul", "softmax",
+        "layer_norm" or "call:<function name>" (one of ``functions``)."""
         op = op.replace(" ", "")
         return [
             c.output
