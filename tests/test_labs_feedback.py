@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlnet_ref import attention, memory, permutation, relative_position
+from xlnet_ref import attention, memory, naive, permutation, relative_position
 from xlnet_ref import model as model_module
 from xlnet_ref.labs import feedback, graders, suspects
 from xlnet_ref.validation.mutants import MUTANTS
@@ -71,7 +71,7 @@ def test_call_turns_a_stub_and_a_crash_into_feedback():
 
 
 def test_rel_shift_checks_pass_the_library_and_its_naive_twin():
-    graders.check_rel_shift_by_index(relative_position.rel_shift_naive)
+    graders.check_rel_shift_by_index(naive.rel_shift_naive)
     graders.check_rel_shift_by_reshape(relative_position.rel_shift)
     graders.check_sinusoid_table(
         lambda p, d: relative_position.sinusoid_embedding(p, relative_position.inverse_frequencies(d))

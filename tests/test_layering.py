@@ -98,5 +98,28 @@ def test_the_checks_fail_on_planted_violations():
     assert forbidden_tokens(model, "def forward(self, x, trace=None):\n    trace.update(h=x)\n") == ["a trace argument"]
 
 
+def forward_path() -> set[str]:
+    """The core modules XLNetLMHeadModel needs: model.py and what it imports, transitively."""
+    seen, todo = set(), ["model"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [a.name for a in node.names]
+                todo += [t.split(".")[0] for t in targets if (PACKAGE / f"{t.split('.')[0]}.py").is_file()]
+    return seen
+
+
+def test_the_forward_path_holds_no_slow_twin():
+    """The loops of naive.py are for reading and testing: the model never runs them."""
+    path = forward_path()
+    assert {"model", "attention", "two_stream", "relative_position", "masks", "segments", "memory"} <= path
+    assert "naive" not in path
+
+
 def test_the_rules_have_something_to_check():
     assert len(CORE) >= 12 and {p.stem for p in FAST} >= {"attention", "model", "two_stream"}

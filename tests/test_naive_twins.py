@@ -4,11 +4,11 @@ import pytest
 import torch
 from helpers import random_lm
 
-from xlnet_ref.attention import attention_naive
 from xlnet_ref.masks import attention_masks
+from xlnet_ref.naive import attention_naive, query_stream_scatter, segment_term_naive
 from xlnet_ref.relative_position import relative_positional_encoding
-from xlnet_ref.segments import segment_difference, segment_term, segment_term_naive
-from xlnet_ref.two_stream import query_stream_scatter, target_positions, two_stream_attention
+from xlnet_ref.segments import segment_difference, segment_term
+from xlnet_ref.two_stream import target_positions, two_stream_attention
 
 
 def test_segment_term_equals_naive():

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
+from xlnet_ref.naive import permutation_masks_naive
 from xlnet_ref.permutation import (
     order_to_rank,
     partial_prediction_targets,
     permutation_masks,
-    permutation_masks_naive,
     plm_loss,
     sample_factorization_order,
 )

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from xlnet_ref import XLNetConfig, XLNetLMHeadModel
-from xlnet_ref.permutation import permutation_masks_naive, plm_loss
+from xlnet_ref.naive import permutation_masks_naive
+from xlnet_ref.permutation import plm_loss
 from xlnet_ref.pretraining_data import PLMBatch, plm_batches, sample_span_mask
 from xlnet_ref.training.tokenizer import ByteTokenizer
 

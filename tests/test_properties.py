@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xlnet_ref.masks import attention_masks
-from xlnet_ref.relative_position import rel_shift, rel_shift_naive, relative_positions
-from xlnet_ref.segments import segment_difference, segment_term, segment_term_naive
+from xlnet_ref.naive import rel_shift_naive, segment_term_naive
+from xlnet_ref.relative_position import rel_shift, relative_positions
+from xlnet_ref.segments import segment_difference, segment_term
 
 sizes = st.integers(min_value=1, max_value=9)
 

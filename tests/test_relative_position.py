@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from xlnet_ref.naive import rel_shift_naive
 from xlnet_ref.relative_position import (
     inverse_frequencies,
     rel_shift,
-    rel_shift_naive,
     relative_positional_encoding,
     relative_positions,
     sinusoid_embedding,

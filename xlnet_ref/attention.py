@@ -43,7 +43,7 @@ def position_term(q_v: torch.Tensor, k_r: torch.Tensor) -> torch.Tensor:
 
     transformers projects the table once per batch row ([r, b, m] @ W_r); the table is the same for
     every row of a half, so we project it once per half and let one batched matmul share it.
-    attention_naive projects and multiplies per batch row instead; tests check they agree.
+    naive.attention_naive projects and multiplies per batch row instead; tests check they agree.
     """
     q_halves = rearrange(q_v, "(p c) i n d -> p c i n d", p=k_r.shape[0])  # c: rows within a half
     bd = torch.einsum("pcind,prnd->pcnir", q_halves, k_r)
@@ -130,54 +130,3 @@ class RelativeAttention(nn.Module):
         """LayerNorm(x + dropout(attn_vec W_o)): residual from the stream's own input, post-LN."""
         attn_out = torch.einsum("bind,mnd->bim", attn_vec, self.o)
         return self.layer_norm(x + self.dropout(attn_out))
-
-
-def attention_naive(
-    attn: RelativeAttention,
-    x: torch.Tensor,
-    cat: torch.Tensor,
-    pos_emb: torch.Tensor,
-    *,
-    r_w_bias,
-    r_r_bias,
-    r_s_bias,
-    seg_diff,
-    mask,
-    query_pos,
-    qlen: int,
-) -> torch.Tensor:
-    """The slow twin of one attention block, one (batch row, head, query, key) at a time.
-
-    x: [b, i, m] the stream's input at positions query_pos[b, i] (content stream: 0..qlen-1),
-    cat: [b, j, m] = [mem; h], pos_emb: [p, r, m] table (row c holds distance klen - c).
-    The distance from query position pos to key j is mlen + pos - j; its row in the table is
-    c = klen - (mlen + pos - j) = j + qlen - pos. Returns LayerNorm(x + attn_out) [b, i, m].
-    Dropout is not applied (use it with dropout 0 or in eval mode).
-    """
-    b, i_len, _ = x.shape
-    klen = cat.shape[1]
-    p = pos_emb.shape[0]
-    out_vec = x.new_zeros(b, i_len, attn.n_head, attn.d_head)
-    for bb in range(b):
-        table = pos_emb[bb // (b // p)]  # forward or backward half
-        for n in range(attn.n_head):
-            for i in range(i_len):
-                pos = int(query_pos[bb, i])
-                q = x[bb, i] @ attn.q[:, n]  # [d]
-                scores = []
-                for j in range(klen):
-                    k = cat[bb, j] @ attn.k[:, n]
-                    c = min(j + qlen - pos, table.shape[0] - 1)
-                    k_r = table[c] @ attn.r[:, n]
-                    s = (q + r_w_bias[n]) @ k + (q + r_r_bias[n]) @ k_r
-                    if seg_diff is not None:
-                        s = s + (q + r_s_bias[n]) @ attn.seg_embed[int(seg_diff[bb, i, j]), n]
-                    s = s * attn.scale
-                    if mask is not None and bool(mask[bb if mask.shape[0] > 1 else 0, i, j]):
-                        s = s.new_tensor(-mask_value(s.dtype))
-                    scores.append(s)
-                prob = torch.softmax(torch.stack(scores), dim=0)
-                v = cat[bb] @ attn.v[:, n]  # [j, d]
-                out_vec[bb, i, n] = prob @ v
-    attn_out = torch.einsum("bind,mnd->bim", out_vec, attn.o)
-    return attn.layer_norm(x + attn_out)

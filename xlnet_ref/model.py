@@ -119,28 +119,13 @@ class XLNetModel(nn.Module):
         """input_ids [b, i]; token_type_ids [b, i]; attention_mask [b, i] (1 = real token) or input_mask
         [b, i] (1 = padding); perm_mask [b, i, j] (1 = i may NOT attend to j); target_mapping [b, k, j]
         (one-hot rows: the k-th prediction is at position j; zero rows = padding targets); mems: n_layer
-        tensors [b, mlen, m] in the model's dtype, on its device. (Every intermediate stage can be
-        recorded without changing this code: ``xlnet_ref.validation.reference.reference_stages``.)
-
-        input_ids must be torch.long (or int32). Every tensor must be on the model's device.
-
-        mems are BATCH-FIRST. transformers' mems are [mlen, b, m]: when mlen equals the batch size
-        both layouts have the same shape, so a transposed memory cannot be detected and silently
-        gives wrong outputs. Convert transformers' mems with ``xlnet_ref.interop.mems_from_hf``
-        (and back with ``mems_to_hf``), never by hand."""
-        cfg = self.config
-        check_inputs(
-            cfg,
-            input_ids=input_ids,
-            token_type_ids=token_type_ids,
-            attention_mask=attention_mask,
-            input_mask=input_mask,
-            perm_mask=perm_mask,
-            target_mapping=target_mapping,
-            mems=mems,
-            dtype=self.word_embedding.weight.dtype,
-            device=self.word_embedding.weight.device,
-        )
+        tensors [b, mlen, m], BATCH-FIRST (see the module docstring), in the model's dtype. input_ids are
+        torch.long (or int32); every tensor is on the model's device. Every intermediate stage can be
+        recorded without changing this code (``xlnet_ref.validation.reference.reference_stages``)."""
+        cfg, weight = self.config, self.word_embedding.weight
+        inputs = dict(token_type_ids=token_type_ids, attention_mask=attention_mask, input_mask=input_mask)
+        inputs.update(perm_mask=perm_mask, target_mapping=target_mapping, mems=mems)
+        check_inputs(cfg, input_ids=input_ids, **inputs, dtype=weight.dtype, device=weight.device)
         b, qlen = input_ids.shape
         mlen = mems[0].shape[1] if mems is not None else 0
         klen = mlen + qlen
@@ -177,6 +162,9 @@ class XLNetModel(nn.Module):
         ).to(dtype)  # [p, r, m]
         pos_emb = self.dropout(pos_emb)
 
+        # what every layer's attention reads besides its own weights and input
+        shared = dict(seg_diff=seg_diff, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask)
+        shared.update(target_pos=target_pos, target_valid=target_valid)  # the query stream's targets
         new_mems = [] if cfg.mem_len else None
         attentions = [] if output_attentions else None
         hidden_states = [] if output_hidden_states else None
@@ -188,18 +176,7 @@ class XLNetModel(nn.Module):
                 hidden_states.append(h if g is None else (h, g))
             # W_{k,R} R is the same for every batch row of a half: project it once per layer
             k_r = layer.rel_attn.project(pos_emb, layer.rel_attn.r)  # [p, r, n, d]
-            h, g, prob_h, prob_g = layer(
-                h,
-                g,
-                mem=mem,
-                k_r=k_r,
-                seg_diff=seg_diff,
-                attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask,
-                target_pos=target_pos,
-                target_valid=target_valid,
-                **self.layer_biases(layer_index),
-            )
+            h, g, prob_h, prob_g = layer(h, g, mem=mem, k_r=k_r, **shared, **self.layer_biases(layer_index))
             if attentions is not None:
                 attentions.append(prob_h if g is None else (prob_h, prob_g))
         if hidden_states is not None:

@@ -45,7 +45,7 @@ Where each piece is computed
 * :func:`permutation_masks` turns :math:`z` and the targets into ``perm_mask`` (the query stream's
   "may see :math:`z_{<t}`"), the content stream's mask ("may see :math:`z_{\le t}`") and
   ``target_mapping`` (which positions the query stream predicts, :func:`target_mapping_for`).
-  :func:`permutation_masks_naive` is its slow twin, one loop over the steps :math:`t` of the order.
+  :func:`xlnet_ref.naive.permutation_masks_naive` is its slow twin, one loop over the steps :math:`t` of the order.
 * The two update rules are computed by the model: :func:`xlnet_ref.two_stream.two_stream_attention`
   (one layer of both streams), with the masks of :func:`xlnet_ref.masks.attention_masks`, which
   takes ``perm_mask`` as the query stream's mask and ``perm_mask`` with the diagonal cleared as the
@@ -282,46 +282,6 @@ def target_mapping_for(
     target_weights[:num_targets] = 1
     target_mapping = F.one_hot(target_positions, seq_len).to(dtype) * target_weights[:, None]  # [k, j]
     return target_mapping, target_positions, target_weights
-
-
-def permutation_masks_naive(
-    order: torch.Tensor,
-    is_target: torch.Tensor,
-    *,
-    is_functional: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Slow twin of :func:`permutation_masks`: ``(perm_mask, content_mask)`` by walking the order.
-
-    Step by step: first the context :math:`C` (non-target, non-functional positions) that every
-    position sees; then, for :math:`t = 1, \dots, T`, the query stream at :math:`z_t` sees
-    :math:`C` plus the non-context positions met so far (:math:`z_{<t}`), and the content stream
-    sees those plus :math:`z_t` (:math:`z_{\le t}`). Python loops; for tests and for reading.
-    """
-    _check_order(order)
-    seq_len = order.shape[0]
-    if is_functional is None:
-        is_functional = torch.zeros(seq_len, dtype=torch.bool, device=order.device)
-    _check_flags("is_target", is_target, seq_len)
-    _check_flags("is_functional", is_functional, seq_len)
-    targets = set(torch.nonzero(is_target).flatten().tolist())
-    functional = set(torch.nonzero(is_functional).flatten().tolist())
-    context = set(range(seq_len)) - targets - functional
-
-    perm_mask = torch.ones(seq_len, seq_len, device=order.device)  # [i, j] start from "sees nothing"
-    content_mask = torch.ones(seq_len, seq_len, device=order.device)  # [i, j]
-    seen_so_far: list[int] = []  # non-context positions z_{<t}
-    for z_t in order.tolist():
-        if z_t in context:
-            visible_q = visible_h = context
-        else:
-            visible_q = context | set(seen_so_far) | ({z_t} if z_t in functional else set())
-            visible_h = context | set(seen_so_far) | {z_t}
-            seen_so_far.append(z_t)
-        for j in visible_q:
-            perm_mask[z_t, j] = 0
-        for j in visible_h:
-            content_mask[z_t, j] = 0
-    return perm_mask, content_mask
 
 
 def plm_loss(logits: torch.Tensor, target_ids: torch.Tensor, target_weights: torch.Tensor) -> torch.Tensor:

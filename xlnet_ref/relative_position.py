@@ -93,7 +93,8 @@ def rel_shift(bd: torch.Tensor, klen: int) -> torch.Tensor:
     The trick (from the original code): view the [qlen, rlen] block as [rlen, qlen], drop the first row
     (qlen numbers), view the rest as [qlen, rlen - 1] and keep the first klen columns. Dropping qlen
     numbers and re-reading rows one shorter shifts row i left by (qlen - i). No copy of the full block
-    is needed besides the final slice. :func:`rel_shift_naive` spells out the same indices.
+    is needed besides the final slice. :func:`xlnet_ref.naive.rel_shift_naive` spells out the same
+    indices.
     """
     *lead, qlen, rlen = bd.shape
     x = bd.reshape(*lead, rlen, qlen)[..., 1:, :]  # drop the first qlen numbers
@@ -112,21 +113,3 @@ def rel_shift_at(bd: torch.Tensor, klen: int, qlen: int, query_pos: torch.Tensor
     j = torch.arange(klen, device=bd.device)
     col = (j[None, None, :] + qlen - query_pos[:, :, None]).clamp(max=bd.shape[-1] - 1)  # [b, k, j]
     return bd.gather(3, col[:, None].expand(-1, bd.shape[1], -1, -1))
-
-
-def rel_shift_naive(bd: torch.Tensor, klen: int) -> torch.Tensor:
-    """The slow twin of :func:`rel_shift`, written from the closed form with explicit indices.
-
-    For query i and key j the distance is (mlen + i) - j; in the table (distances klen, klen-1, ...)
-    that distance sits at column klen - (mlen + i - j) = j + qlen - i. When that column lies past the
-    end of the row (only in 'uni', where rlen = klen + 1, and only for keys j > mlen + i that the causal
-    mask hides anyway) the reshape trick reads on into the next row, column j + qlen - i - rlen; we do
-    the same so that the two agree everywhere, masked entries included.
-    """
-    *lead, qlen, rlen = bd.shape
-    out = bd.new_empty(*lead, qlen, klen)
-    for i in range(qlen):
-        for j in range(klen):
-            c = j + qlen - i
-            out[..., i, j] = bd[..., i, c] if c < rlen else bd[..., i + 1, c - rlen]
-    return out

@@ -38,21 +38,8 @@ def segment_term(
 
     Only two values per (b, n, i) exist, so they are computed once ([b, n, i, 2]) and then chosen
     per key — instead of transformers' contraction with a one-hot [i, j, b, 2] tensor. The result is
-    the same number (multiplying by 1 and adding 0 is exact). :func:`segment_term_naive` loops.
+    the same number (multiplying by 1 and adding 0 is exact). :func:`xlnet_ref.naive.segment_term_naive`
+    loops.
     """
     ef = torch.einsum("bind,snd->bnis", q + r_s_bias, seg_embed)  # [b, n, i, 2]
     return torch.where(seg_diff[:, None], ef[..., 1:2], ef[..., 0:1])  # [b, n, i, j]
-
-
-def segment_term_naive(q, r_s_bias, seg_embed, seg_diff):
-    """The slow twin of :func:`segment_term`: one dot product per (b, n, i, j)."""
-    b, i_len, n_head, _ = q.shape
-    j_len = seg_diff.shape[-1]
-    out = q.new_empty(b, n_head, i_len, j_len)
-    for bb in range(b):
-        for n in range(n_head):
-            for i in range(i_len):
-                for j in range(j_len):
-                    s = int(seg_diff[bb, i, j])
-                    out[bb, n, i, j] = torch.dot(q[bb, i, n] + r_s_bias[n], seg_embed[s, n])
-    return out

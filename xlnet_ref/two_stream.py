@@ -18,7 +18,8 @@ Keys/values always come from the content stream, so the query stream never reads
 transformers computes the query stream at *every* position (scattering the k target queries into a
 [qlen] grid with target_mapping, attending, then gathering back). Here each target's query attends
 from its own position directly (``query_pos``): the same numbers, k rows instead of qlen.
-:func:`query_stream_scatter` is transformers' way, kept as the slow twin that tests compare against.
+:func:`xlnet_ref.naive.query_stream_scatter` is transformers' way, kept as the slow twin that tests
+compare against.
 """
 
 from __future__ import annotations
@@ -94,45 +95,3 @@ def two_stream_attention(
         vec_g = vec_g * target_valid[:, :, None, None].to(vec_g.dtype)  # padding targets get no attention
         g_out = attn.post_attention(g, vec_g)
     return h_out, g_out, prob_h, prob_g
-
-
-def query_stream_scatter(
-    attn: RelativeAttention,
-    g: torch.Tensor,
-    h: torch.Tensor,
-    mem: torch.Tensor | None,
-    k_r: torch.Tensor,
-    target_mapping: torch.Tensor,
-    *,
-    r_w_bias,
-    r_r_bias,
-    r_s_bias,
-    seg_diff,
-    attn_mask,
-) -> torch.Tensor:
-    """The slow twin of the query stream, transformers' way: scatter, attend at all qlen positions, gather.
-
-    q at position l = sum_k target_mapping[b, k, l] q_k; attend every position with attn_mask and
-    rel_shift; then g's attention output = sum_l target_mapping[b, k, l] attn_vec_l. A position no
-    target maps to attends with a zero query (wasted work); an all-zero row of target_mapping gathers 0.
-    """
-    qlen = h.shape[1]
-    cat = h if mem is None else torch.cat([mem, h], dim=1)
-    k_h, v_h = attn.project(cat, attn.k), attn.project(cat, attn.v)
-    q_g = attn.project(g, attn.q)  # [b, k, n, d]
-    q_scattered = torch.einsum("bknd,bkl->blnd", q_g, target_mapping)  # [b, i, n, d]
-    vec, _ = attn.attend(
-        q_scattered,
-        k_h,
-        v_h,
-        k_r,
-        mask=attn_mask,
-        seg_diff=seg_diff,
-        query_pos=None,
-        r_w_bias=r_w_bias,
-        r_r_bias=r_r_bias,
-        r_s_bias=r_s_bias,
-        qlen=qlen,
-    )
-    vec_g = torch.einsum("blnd,bkl->bknd", vec, target_mapping)
-    return attn.post_attention(g, vec_g)

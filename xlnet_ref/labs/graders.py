@@ -20,7 +20,8 @@ from .. import attention, memory, permutation, relative_position, segments
 from .. import model as model_module
 from ..config import XLNetConfig
 from ..model import XLNetLMHeadModel, XLNetModel
-from ..two_stream import query_stream_scatter, two_stream_attention
+from ..naive import permutation_masks_naive, query_stream_scatter, rel_shift_naive
+from ..two_stream import two_stream_attention
 from ..validation.mutants import MUTANTS
 from .feedback import LabCheckFailed, call, compare, compare_value
 
@@ -144,7 +145,7 @@ def _check_rel_shift(name: str, fn, *, batched: bool) -> None:
     for case, bd, klen in cases:
         got = call(name, fn, bd.clone(), klen, case=case)
         expected = relative_position.rel_shift(bd, klen)
-        naive = relative_position.rel_shift_naive(bd, klen)
+        naive = rel_shift_naive(bd, klen)
         assert torch.equal(expected, naive), "library rel_shift and its naive twin disagree"
         compare(
             name,
@@ -152,8 +153,7 @@ def _check_rel_shift(name: str, fn, *, batched: bool) -> None:
             expected,
             case=case,
             known_mistakes=_rel_shift_mistakes(bd, klen),
-            otherwise="out[i, j] = bd[i, j + qlen - i]; check one row by hand against "
-            "xlnet_ref.relative_position.rel_shift_naive",
+            otherwise="out[i, j] = bd[i, j + qlen - i]; check one row by hand against xlnet_ref.naive.rel_shift_naive",
         )
     _passed(name, len(cases))
 
@@ -402,7 +402,7 @@ def check_segment_term(segment_term) -> None:
                 "XLNet only asks whether i and j lie in the same segment": V["seg_absolute"],
                 "the segment term has its own bias b (r_s_bias): (q_i + b) . s_ij": V["seg_no_bias"],
             },
-            otherwise="the memory counts as segment 0; compare with xlnet_ref.segments.segment_term_naive",
+            otherwise="the memory counts as segment 0; compare with xlnet_ref.naive.segment_term_naive",
         )
     _passed(name, len(SCORE_CASES))
 
@@ -635,7 +635,7 @@ def _targets(order: torch.Tensor, cut: int) -> torch.Tensor:
 def _mask_variants(order: torch.Tensor, cut: int) -> dict[str, torch.Tensor]:
     is_target = _targets(order, cut)
     right = permutation.permutation_masks(order, is_target)
-    naive_perm, naive_content = permutation.permutation_masks_naive(order, is_target)
+    naive_perm, naive_content = permutation_masks_naive(order, is_target)
     assert torch.equal(right.perm_mask, naive_perm) and torch.equal(right.content_mask, naive_content)
     rank_as_order = permutation.permutation_masks(permutation.order_to_rank(order), is_target)
     r = permutation.order_to_rank(order)
@@ -674,7 +674,7 @@ def _check_mask(name: str, fn, which: str, hints) -> None:
             expected,
             case=case,
             known_mistakes=[(h, w) for h, w in mistakes if not torch.equal(w, expected)],
-            otherwise="walk the order step by step as permutation.permutation_masks_naive does",
+            otherwise="walk the order step by step as naive.permutation_masks_naive does",
         )
         n += 1
     _passed(name, n)
