@@ -1,4 +1,4 @@
-"""Every known bug (REFERENCE_SPEC.md section 9), written as a mutant of the reference, fails the
+"""Every known bug (xlnet_ref.validation.mutants), written as a mutant of the reference, fails the
 validator, and the validator names the stage where the bug is; the reference itself passes, and the
 mutants leave it untouched."""
 

@@ -267,10 +267,9 @@ def test_an_unwritable_out_or_export_folder_is_refused_before_training(corpus_fi
         (["--out", str(a_file)], "--out"),
         (["--out", str(tmp_path / "run"), "--export-hf", str(a_file / "hf")], "--export-hf"),
     ):
-        start = time.perf_counter()
         code, out, err = cli(["--preset", "tiny", "--corpus", str(corpus_file), "--steps", "50", *args], capsys)
         assert code == 2 and what in err and len(err.strip().splitlines()) == 1, err
-        assert "training tiny" not in out and time.perf_counter() - start < 10
+        assert "training tiny" not in out  # refused before the first step (no wall-clock bound: machines differ)
     assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 

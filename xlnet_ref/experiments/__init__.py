@@ -1,4 +1,4 @@
-"""Experiments: code with recorded results (STYLE.md).
+"""Experiments: code with recorded results.
 
 Each experiment is a module here with a function per seed and a ``run`` that repeats it over seeds and
 writes ``results/<name>.json`` through :func:`xlnet_ref.experiments.common.write_result`: the config,

@@ -958,7 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--implementation",
         choices=["fast", "readable"],
-        help="the attention path: fast (default: the same equations, ~1.9x transformers' step on CPU) or "
+        help="the model class: fast (default: xlnet_ref.fast, the same equations in fewer passes; "
+        "benchmarks/RESULTS.md has its speed) or "
         "readable (the notebooks' code, with which the experiments in results/ were recorded)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the first steps compile it)")

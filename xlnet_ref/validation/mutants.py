@@ -1,4 +1,5 @@
-r"""Known XLNet bugs, each written as a small change to the reference (REFERENCE_SPEC.md section 9).
+r"""Known XLNet bugs, each written as a small change to the reference (bugs that XLNet implementations
+have had; docs/validate.md lists them).
 
 They are here to prove that the validator catches real mistakes and names the right place: each
 mutant says which case of the golden set catches it first and at which stage.
