@@ -82,7 +82,8 @@ def write_result(
         "seeds": list(seeds),
         "per_seed": per_seed,
         "summary": summarize(per_seed),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}",
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
     }
@@ -116,14 +117,16 @@ def load_result(name: str, *, size: str = "full", directory: str | Path | None =
 
 
 def consistent_with_seeds(value: float, result: dict, key: str, *, floor: float = 1e-4) -> bool:
-    """Could ``value`` be one more seed of the recorded run? True iff it lies in the recorded seeds'
-    [min, max] of ``key`` widened on each side by their sample standard deviation (at least ``floor``).
+    """Is ``value`` what a re-run of a recorded seed may give on another machine? True iff it lies in the
+    recorded seeds' [min, max] of ``key`` widened on each side by their sample standard deviation (at
+    least ``floor``).
 
     This is what a live re-run can check on any machine. The same seed on another CPU, with other kernels
-    (``ATEN_CPU_CAPABILITY``) or another thread count rounds differently, and training turns that into
-    another trajectory: the number moves, as it does from seed to seed. A number outside the widened range
-    says the code or the data changed, not the rounding. ``floor`` covers quantities that do not vary
-    between seeds (exact floors, count models): float round-off only.
+    (``ATEN_CPU_CAPABILITY``) or another thread count rounds differently, and training can carry that
+    further: the number moves (benchmarks/live_rerun_drift.py measures by how much). Rounding alone is
+    unlikely to push it outside the widened range; a number outside points to a change in the code or
+    the data. A change smaller than the spread between seeds is not detected. ``floor`` covers
+    quantities that do not vary between seeds (exact floors, count models): float round-off only.
     """
     stats = result["summary"][key]
     margin = max(stats["std"], floor)
