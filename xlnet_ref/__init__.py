@@ -15,6 +15,7 @@ One file per mechanism:
     checks.py            input checks with clear errors
     interop.py           weights to and from transformers' XLNet (backbone, LM head, every task head)
     heads.py             task heads: sequence summary, classification, multiple choice, question answering
+    naive.py             the slow twins (loops) the vectorised functions are tested against
 
 Machinery around the model, in subpackages named for their job:
     fast/                the same equations in fewer passes, what training runs (same parameters;
