@@ -32,7 +32,7 @@ class XLNetConfig:
     clamp_len: int = -1
     same_length: bool = False
     # mem_len 0 or None: no new memory is returned (the original's meaning). transformers instead keeps
-    # every past state when mem_len is 0/None and use_mems is on; see README "Where we differ".
+    # every past state when mem_len is 0/None and use_mems is on; see docs/differences.md.
     mem_len: int | None = None
     reuse_len: int | None = None
     dropout: float = 0.1

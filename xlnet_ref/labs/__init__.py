@@ -1,4 +1,4 @@
-"""Support for the auto-graded labs in notebooks/labs (nbgrader; see README "Teaching with xlnet_ref").
+"""Support for the auto-graded labs in notebooks/labs (nbgrader; see docs/course.md, "Teaching with xlnet_ref").
 
 feedback.py  compare an answer with the expected one: the case, expected vs got, a hint that names
              the mistake when the answer equals a known wrong one
