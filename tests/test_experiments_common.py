@@ -10,7 +10,6 @@ from xlnet_ref.experiments.common import (
     load_result,
     result_path,
     summarize,
-    within_spread,
     write_result,
 )
 
@@ -31,7 +30,7 @@ def test_round_trip_and_spread(tmp_path):
     assert path == result_path("toy", size="quick", directory=tmp_path)
     record = load_result("toy", size="quick", directory=tmp_path)
     assert record["config"] == {"a": 1} and record["seeds"] == [0, 1, 2]
-    assert within_spread(0.6, record, "acc") and not within_spread(0.8, record, "acc")
+    assert consistent_with_seeds(0.6, record, "acc") and not consistent_with_seeds(0.9, record, "acc")
 
 
 def test_consistent_with_seeds_widens_the_range_by_one_std(tmp_path):

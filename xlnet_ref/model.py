@@ -103,6 +103,41 @@ class XLNetModel(nn.Module):
         pick = (lambda p: p[layer]) if self.config.untie_r else (lambda p: p)
         return dict(r_w_bias=pick(self.r_w_bias), r_r_bias=pick(self.r_r_bias), r_s_bias=pick(self.r_s_bias))
 
+    def attention_inputs(
+        self, input_ids, *, token_type_ids, attention_mask, input_mask, perm_mask, target_mapping, mems
+    ):
+        """What every layer's attention reads besides its own input and weights, from forward's arguments:
+        ({attn_mask, non_tgt_mask: the two streams' masks (masks.py), seg_diff: s_ij (segments.py),
+        target_pos, target_valid: the query stream's targets (two_stream.py)}, R [p, r, m]: the sinusoid
+        table (relative_position.py), before dropout)."""
+        cfg = self.config
+        qlen, mlen = input_ids.shape[1], (mems[0].shape[1] if mems is not None else 0)
+        if attention_mask is not None:
+            input_mask = attention_mask == 0
+        attn_mask, non_tgt_mask = attention_masks(
+            qlen=qlen,
+            mlen=mlen,
+            attn_type=cfg.attn_type,
+            same_length=cfg.same_length,
+            input_mask=None if input_mask is None else input_mask.bool(),
+            perm_mask=None if perm_mask is None else perm_mask.bool(),
+            device=input_ids.device,
+        )
+        seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
+        target_pos, target_valid = target_positions(target_mapping) if target_mapping is not None else (None, None)
+        # R in float32 as both reference codes compute it, then in the model's dtype
+        pos_emb = relative_positional_encoding(
+            qlen,
+            mlen + qlen,
+            d_model=cfg.d_model,
+            attn_type=cfg.attn_type,
+            bi_data=cfg.bi_data,
+            clamp_len=cfg.clamp_len,
+            device=input_ids.device,
+        ).to(self.word_embedding.weight.dtype)  # [p, r, m]
+        masks = dict(attn_mask=attn_mask, non_tgt_mask=non_tgt_mask, seg_diff=seg_diff)
+        return dict(masks, target_pos=target_pos, target_valid=target_valid), pos_emb
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -126,45 +161,13 @@ class XLNetModel(nn.Module):
         inputs = dict(token_type_ids=token_type_ids, attention_mask=attention_mask, input_mask=input_mask)
         inputs.update(perm_mask=perm_mask, target_mapping=target_mapping, mems=mems)
         check_inputs(cfg, input_ids=input_ids, **inputs, dtype=weight.dtype, device=weight.device)
-        b, qlen = input_ids.shape
-        mlen = mems[0].shape[1] if mems is not None else 0
-        klen = mlen + qlen
-        device, dtype = input_ids.device, self.word_embedding.weight.dtype
-
-        if attention_mask is not None:
-            input_mask = attention_mask == 0
-        attn_mask, non_tgt_mask = attention_masks(
-            qlen=qlen,
-            mlen=mlen,
-            attn_type=cfg.attn_type,
-            same_length=cfg.same_length,
-            input_mask=None if input_mask is None else input_mask.bool(),
-            perm_mask=None if perm_mask is None else perm_mask.bool(),
-            device=device,
-        )
-        seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
-
+        shared, pos_emb = self.attention_inputs(input_ids, **inputs)  # masks, s_ij, targets; the table R
         h = self.dropout(self.word_embedding(input_ids))  # h^(0) = E[x]: [b, i, m]
-        g = target_pos = target_valid = None
-        if target_mapping is not None:
-            target_pos, target_valid = target_positions(target_mapping)
-            g = self.dropout(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
-
-        # R in float32 as both reference codes compute it, then in the model's dtype
-        pos_emb = relative_positional_encoding(
-            qlen,
-            klen,
-            d_model=cfg.d_model,
-            attn_type=cfg.attn_type,
-            bi_data=cfg.bi_data,
-            clamp_len=cfg.clamp_len,
-            device=device,
-        ).to(dtype)  # [p, r, m]
+        g = None
+        if target_mapping is not None:  # g^(0) = w at each of the k targets: [b, k, m]
+            g = self.dropout(self.mask_emb.expand(input_ids.shape[0], target_mapping.shape[1], -1))
         pos_emb = self.dropout(pos_emb)
 
-        # what every layer's attention reads besides its own weights and input
-        shared = dict(seg_diff=seg_diff, attn_mask=attn_mask, non_tgt_mask=non_tgt_mask)
-        shared.update(target_pos=target_pos, target_valid=target_valid)  # the query stream's targets
         new_mems = [] if cfg.mem_len else None
         attentions = [] if output_attentions else None
         hidden_states = [] if output_hidden_states else None

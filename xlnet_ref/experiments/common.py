@@ -157,9 +157,3 @@ def live_against_recorded(live: dict, result: dict, seed: int, keys=None, *, flo
             f"{s['std']:7.4f}  {'yes' if good else 'NO'}"
         )
     return "\n".join(lines), ok
-
-
-def within_spread(value: float, result: dict, key: str, *, slack: float = 0.0) -> bool:
-    """Is ``value`` inside [min - slack, max + slack] of ``key`` over the recorded seeds?"""
-    stats = result["summary"][key]
-    return stats["min"] - slack <= value <= stats["max"] + slack

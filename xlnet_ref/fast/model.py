@@ -24,11 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import model as readable
 from ..checks import check_inputs
-from ..masks import attention_masks
 from ..memory import cache_mem
-from ..relative_position import relative_positional_encoding
-from ..segments import segment_difference
-from ..two_stream import target_positions
 from .attention import QUERY_BLOCK
 from .dropout import fast_dropout
 from .feed_forward import feed_forward
@@ -88,39 +84,14 @@ class XLNetModel(readable.XLNetModel):
         if not torch.compiler.is_compiling():  # the value checks read tensors: a compiled graph skips them
             check_inputs(cfg, input_ids=input_ids, **inputs, dtype=dtype, device=self.word_embedding.weight.device)
         drop = lambda x: fast_dropout(x, self.dropout.p, self.training)  # noqa: E731
-        b, qlen = input_ids.shape
-        mlen = mems[0].shape[1] if mems is not None else 0
-        device = input_ids.device
-        if attention_mask is not None:
-            input_mask = attention_mask == 0
-        attn_mask, non_tgt_mask = attention_masks(
-            qlen=qlen,
-            mlen=mlen,
-            attn_type=cfg.attn_type,
-            same_length=cfg.same_length,
-            input_mask=None if input_mask is None else input_mask.bool(),
-            perm_mask=None if perm_mask is None else perm_mask.bool(),
-            device=device,
-        )
-        attn_mask, non_tgt_mask = additive_mask(attn_mask, dtype), additive_mask(non_tgt_mask, dtype)
-        seg_diff = segment_difference(token_type_ids, mlen) if token_type_ids is not None else None
-
+        shared, pos_emb = self.attention_inputs(input_ids, **inputs)  # the readable model's, then:
+        for name in ("attn_mask", "non_tgt_mask"):  # additive, once for all layers
+            shared[name] = additive_mask(shared[name], dtype)
         h = drop(self.embed_words(input_ids))  # h^(0): [b, i, m]
-        g = target_pos = target_valid = None
-        if target_mapping is not None:
-            target_pos, target_valid = target_positions(target_mapping)
-            g = drop(self.mask_emb.expand(b, target_mapping.shape[1], -1))  # g^(0) = w: [b, k, m]
-        pos_emb = drop(
-            relative_positional_encoding(
-                qlen,
-                mlen + qlen,
-                d_model=cfg.d_model,
-                attn_type=cfg.attn_type,
-                bi_data=cfg.bi_data,
-                clamp_len=cfg.clamp_len,
-                device=device,
-            ).to(dtype)
-        )  # [p, r, m]
+        g = None
+        if target_mapping is not None:  # g^(0) = w: [b, k, m]
+            g = drop(self.mask_emb.expand(input_ids.shape[0], target_mapping.shape[1], -1))
+        pos_emb = drop(pos_emb)  # [p, r, m]
 
         new_mems = [] if cfg.mem_len else None
         hidden_states = [] if output_hidden_states else None
@@ -140,11 +111,7 @@ class XLNetModel(readable.XLNetModel):
                 g,
                 mem,
                 k_r,
-                seg_diff=seg_diff,
-                attn_mask=attn_mask,
-                non_tgt_mask=non_tgt_mask,
-                target_pos=target_pos,
-                target_valid=target_valid,
+                **shared,
                 skip_content=skip_content,
                 query_block=self.query_block,
                 **self.layer_biases(layer_index),
